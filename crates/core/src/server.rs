@@ -1,0 +1,322 @@
+//! Server bootstrap: the middleware stack every service runs behind, the health routes, and a
+//! graceful shutdown that drains in-flight requests within a bounded time.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use futures::future::BoxFuture;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Token;
+use crate::error::{ShoalErrorBody, error_response};
+use crate::{metrics, request_id, routes};
+
+/// A readiness check: resolves to `Err(reason)` while a dependency is unreachable.
+pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// How a service's HTTP server behaves. Build with [`ServerOptions::new`] and adjust fields.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// The service's name, used in metrics labels and logs (`kv`, `tasks`, …).
+    pub service: &'static str,
+    /// Largest request body accepted; larger ones get 413 before the body is read when the
+    /// client announced its length.
+    pub body_limit: usize,
+    /// Time a request may take before it is answered 503. Requests with a `wait=` query
+    /// parameter (long polls) are exempt: they bound themselves.
+    pub request_timeout: Duration,
+    /// After a shutdown signal, how long in-flight requests get to finish.
+    pub drain_timeout: Duration,
+    /// When set, every route but `/healthz` requires `Authorization: Bearer <token>`.
+    pub token: Option<Token>,
+    /// What `/readyz` checks, beyond the process being up.
+    pub readiness: Option<Readiness>,
+}
+
+impl ServerOptions {
+    /// Defaults: 2 MiB bodies, 30 s requests, 10 s drain, no token, no readiness check.
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            body_limit: 2 << 20,
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            token: None,
+            readiness: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("service", &self.service)
+            .field("body_limit", &self.body_limit)
+            .field("request_timeout", &self.request_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("token", &self.token)
+            .field("readiness", &self.readiness.is_some())
+            .finish()
+    }
+}
+
+/// The service's routes plus the health routes, behind the whole middleware stack. Tests can
+/// drive this with `tower::ServiceExt::oneshot`, no socket needed.
+pub fn app(routes: Router, options: &ServerOptions) -> Router {
+    // Install the recorder before the first request, so nothing recorded is lost.
+    let _ = metrics::handle();
+    let readiness = options.readiness.clone();
+    let health = Router::new()
+        .route("/healthz", routes::get(|| async { "ok" }))
+        .route("/readyz", routes::get(move || ready(readiness.clone())))
+        .route("/metrics", routes::get(metrics_text));
+    let request_timeout = options.request_timeout;
+    // Order: the first layer listed sees the request first.
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(make_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(
+            options.service,
+            metrics::track,
+        ))
+        .layer(middleware::from_fn(uniform_error_bodies))
+        .layer(middleware::from_fn(request_id::propagate))
+        .layer(middleware::from_fn_with_state(
+            options.token.clone().map(Arc::new),
+            authorize,
+        ))
+        .layer(middleware::from_fn_with_state(request_timeout, timeout))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(options.body_limit));
+    routes
+        .merge(health)
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "Not found.") })
+        .layer(stack)
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish for up to `drain_timeout`, and returns.
+pub async fn run(
+    routes: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServerOptions,
+) -> anyhow::Result<()> {
+    let local = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    warn_if_exposed(options.service, local, options.token.is_some());
+    let drain = options.drain_timeout;
+    let app = app(routes, &options);
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response exchanges: don't let Nagle hold back the last segment.
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        })
+        .into_future();
+    tracing::info!(service = options.service, address = %local, "listening");
+    tokio::select! {
+        result = server => result.with_context(|| format!("{} server on {local} failed", options.service))?,
+        () = async {
+            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(service = options.service, "drain timeout reached; dropping remaining connections");
+        }
+    }
+    tracing::info!(service = options.service, "stopped");
+    Ok(())
+}
+
+/// Binds `address`, failing loudly with the address in the message (the seeds exit silently
+/// with status 0 when the port is taken).
+pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+fn warn_if_exposed(service: &str, local: SocketAddr, has_token: bool) {
+    if !local.ip().is_loopback() && !has_token {
+        tracing::warn!(
+            service,
+            address = %local,
+            "listening on a non-loopback address without --token: anyone who can reach it can use it"
+        );
+    }
+}
+
+fn make_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = id)
+}
+
+async fn ready(check: Option<Readiness>) -> Response {
+    let Some(check) = check else {
+        return "ready".into_response();
+    };
+    match tokio::time::timeout(Duration::from_secs(5), check()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(reason)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {reason}"),
+        ),
+        Err(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: check timed out",
+        ),
+    }
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+/// Gives every error response the seeds' `Error: <reason>` text body, whoever produced it
+/// (axum's 405 and extractor rejections, the body-limit layer, …).
+async fn uniform_error_bodies(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<ShoalErrorBody>().is_some()
+    {
+        return response;
+    }
+    let reason = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = response
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty() && *m != "HEAD")
+                .collect::<Vec<_>>()
+                .join(" or ");
+            if allowed.is_empty() {
+                "Method not allowed.".to_owned()
+            } else {
+                format!("Only {allowed} accepted.")
+            }
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_owned(),
+        other => other
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    parts.extensions.insert(ShoalErrorBody);
+    Response::from_parts(parts, Body::from(format!("Error: {reason}")))
+}
+
+async fn authorize(
+    State(token): State<Option<Arc<Token>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Whether the request is a long poll (`wait=` in its query), which bounds its own duration.
+fn is_long_poll(request: &Request) -> bool {
+    request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("wait=")))
+}
+
+async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if is_long_poll(&request) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "request timed out after {}",
+                humantime::format_duration(limit)
+            ),
+        ),
+    }
+}

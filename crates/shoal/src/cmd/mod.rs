@@ -1,0 +1,48 @@
+//! The command line: one subcommand per service, one file per subcommand.
+
+mod bench;
+mod kv;
+mod up;
+
+use clap::{Parser, Subcommand};
+use shoal_core::config::LogFormat;
+
+/// shoal: durable, observable microservices for an image-processing pipeline and friends.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the image pipeline on this machine with embedded storage, and print its URL.
+    Up(up::Args),
+    /// Key-value store for configuration and service discovery.
+    Kv(shoal_kv::Config),
+    /// Load generators: measure a service's throughput and latency.
+    Bench(bench::Args),
+}
+
+impl Command {
+    /// The log format the subcommand asked for.
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Self::Up(args) => args.log_format,
+            Self::Kv(config) => config.common.log_format,
+            Self::Bench(_) => LogFormat::Text,
+        }
+    }
+
+    /// Runs the subcommand to completion.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Up(args) => up::run(args).await,
+            Self::Kv(config) => kv::run(config).await,
+            Self::Bench(args) => bench::run(args).await,
+        }
+    }
+}
