@@ -1,4 +1,5 @@
-//! Start any service on `127.0.0.1:0` in a test and get its base URL and a shutdown handle.
+//! Start any service on `127.0.0.1:0` in a test and get its base URL and a shutdown handle;
+//! start a throwaway PostgreSQL ([`postgres`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -12,6 +13,8 @@
 //! server.stop().await?;
 //! # Ok(()) }
 //! ```
+
+pub mod postgres;
 
 use std::future::Future;
 use std::net::SocketAddr;
