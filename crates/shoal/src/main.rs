@@ -5,10 +5,12 @@ mod cmd;
 use std::process::ExitCode;
 
 use clap::Parser;
+use shoal_core::config::LogFormat;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
-    shoal_core::logging::init(cli.command.log_format());
+    let log_format = cli.command.log_format();
+    shoal_core::logging::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,8 +24,11 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.command.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "exiting");
-            eprintln!("Error: {err:#}");
+            // Once, where the operator looks: the log stream for JSON, plain stderr otherwise.
+            match log_format {
+                LogFormat::Json => tracing::error!(error = format!("{err:#}"), "exiting"),
+                LogFormat::Text => eprintln!("Error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -48,6 +48,13 @@ fn to_row((key, value, revision, expires_at, updated_at): RowTuple) -> Row {
     }
 }
 
+fn in_use_hint(path: &Path) -> String {
+    format!(
+        "cannot open {} (is another shoal kv using this data directory?)",
+        path.display()
+    )
+}
+
 fn rev(v: u64) -> i64 {
     v.cast_signed()
 }
@@ -77,13 +84,11 @@ impl SqliteBackend {
             .max_lifetime(None)
             .connect_with(options)
             .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        MIGRATOR.run(&pool).await.with_context(|| {
-            format!(
-                "cannot prepare {} (is another shoal kv using this data directory?)",
-                path.display()
-            )
-        })?;
+            .with_context(|| in_use_hint(&path))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| in_use_hint(&path))?;
         Ok(Self { pool, path })
     }
 
