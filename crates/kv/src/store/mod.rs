@@ -285,7 +285,9 @@ enum Op {
     },
 }
 
-type Reply = oneshot::Sender<Result<Option<u64>, WriteError>>;
+/// What a write gets back: its revision (`None` for a no-op remove) or why it was refused.
+type Outcome = Result<Option<u64>, WriteError>;
+type Reply = oneshot::Sender<Outcome>;
 
 enum Command {
     Write(Op, Reply),
@@ -405,7 +407,7 @@ impl Store {
         self.submit(Op::Remove { key, if_revision }).await
     }
 
-    async fn submit(&self, op: Op) -> Result<Option<u64>, WriteError> {
+    async fn submit(&self, op: Op) -> Outcome {
         let (tx, rx) = oneshot::channel();
         self.shared
             .commands
@@ -632,7 +634,7 @@ impl Writer {
     }
 }
 
-fn reply_all(replies: Vec<Reply>, outcomes: Vec<Result<Option<u64>, WriteError>>) {
+fn reply_all(replies: Vec<Reply>, outcomes: Vec<Outcome>) {
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         let _ = reply.send(outcome);
     }
@@ -654,7 +656,7 @@ fn plan(
     ops: &[Op],
     expired: &[(String, u64)],
     now: i64,
-) -> (u64, Vec<Row>, Vec<Result<Option<u64>, WriteError>>) {
+) -> (u64, Vec<Row>, Vec<Outcome>) {
     // The batch's view of each key it touches: Some((revision, size)) when live.
     let mut view: HashMap<&str, Option<(u64, u64)>> = HashMap::new();
     let mut live_keys = state.live_keys;
