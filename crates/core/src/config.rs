@@ -5,9 +5,10 @@
 //! to one service (its `--listen`, its `--data-dir`) use `SHOAL_<SUBCOMMAND>_<FLAG>`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Arg, Args, ValueEnum};
 
 /// Flags every service understands, flattened into each subcommand's own `Config`.
 #[derive(Args, Clone, Debug, Default)]
@@ -41,6 +42,63 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub database_url: Option<Secret>,
+}
+
+/// Where a service's HTTP API binds and how other services reach it. Flatten it into a
+/// service's `Config` and give the flags that service's environment variables and defaults
+/// with [`service_flag`]:
+///
+/// ```
+/// use clap::Args;
+/// use shoal_core::config::{ListenArgs, service_flag};
+///
+/// #[derive(Args, Debug)]
+/// #[command(
+///     mut_arg("listen", |a| service_flag(a, "SHOAL_TASKS_LISTEN", Some("127.0.0.1:3001"))),
+///     mut_arg("advertise", |a| service_flag(a, "SHOAL_TASKS_ADVERTISE", None)),
+/// )]
+/// struct Config {
+///     #[command(flatten)]
+///     net: ListenArgs,
+/// }
+/// ```
+#[derive(Args, Clone, Debug)]
+pub struct ListenArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+
+    /// Address other services use to reach this one (registered in the k/v store); default:
+    /// the address actually bound.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+}
+
+impl ListenArgs {
+    /// The address to register: `--advertise`, or else the bound address (so `--listen
+    /// 127.0.0.1:0` registers the port the system picked).
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| bound.to_string())
+    }
+}
+
+/// Gives a shared flag a service's own environment variable (`SHOAL_<SUBCOMMAND>_<FLAG>`)
+/// and, optionally, default.
+pub fn service_flag(arg: Arg, env: &'static str, default: Option<&'static str>) -> Arg {
+    let arg = arg.env(env);
+    match default {
+        Some(default) => arg.default_value(default).required(false),
+        None => arg,
+    }
+}
+
+/// `--metrics-listen`, for processes without an HTTP API of their own (workers, NATS
+/// clients): when given, `/healthz` and `/metrics` are served there.
+#[derive(Args, Clone, Debug, Default)]
+pub struct MetricsArgs {
+    /// Serve /healthz and /metrics on this address.
+    #[arg(long, env = "SHOAL_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// How log lines are written.
@@ -232,5 +290,48 @@ mod tests {
         let s: Secret = "postgres://u:pw@h/db".parse().expect("secret");
         assert!(!format!("{s:?}").contains("pw"));
         assert!("".parse::<Token>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod listen_args_tests {
+    use clap::{Args, Parser};
+
+    use super::{ListenArgs, service_flag};
+
+    #[derive(Args, Clone, Debug)]
+    #[command(
+        mut_arg("listen", |a| service_flag(a, "SHOAL_PROBE_LISTEN", Some("127.0.0.1:3999"))),
+        mut_arg("advertise", |a| service_flag(a, "SHOAL_PROBE_ADVERTISE", None)),
+    )]
+    struct Probe {
+        #[command(flatten)]
+        net: ListenArgs,
+    }
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        probe: Probe,
+    }
+
+    #[test]
+    fn services_choose_env_and_defaults_for_shared_flags() {
+        let cli = Cli::try_parse_from(["x"]).expect("parse");
+        assert_eq!(cli.probe.net.listen, "127.0.0.1:3999");
+        assert_eq!(cli.probe.net.advertise, None);
+        let bound = "127.0.0.1:4321".parse().expect("addr");
+        assert_eq!(cli.probe.net.advertised(bound), "127.0.0.1:4321");
+        let cli = Cli::try_parse_from(["x", "--listen", "0.0.0.0:1", "--advertise", "h:1"])
+            .expect("parse");
+        assert_eq!(cli.probe.net.listen, "0.0.0.0:1");
+        assert_eq!(cli.probe.net.advertised(bound), "h:1");
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("SHOAL_PROBE_LISTEN") && help.contains("SHOAL_PROBE_ADVERTISE"),
+            "{help}"
+        );
     }
 }

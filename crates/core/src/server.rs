@@ -149,6 +149,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves only `/healthz`, `/readyz` and `/metrics` (for `--metrics-listen` of processes
+/// without an HTTP API of their own) until `shutdown` resolves.
+pub async fn run_metrics_only(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServerOptions,
+) -> anyhow::Result<()> {
+    run(Router::new(), listener, shutdown, options).await
+}
+
 /// Binds `address`, failing loudly with the address in the message (the seeds exit silently
 /// with status 0 when the port is taken).
 pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {

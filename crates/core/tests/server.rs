@@ -276,3 +276,38 @@ async fn metrics_count_routes_not_raw_paths() {
     );
     s.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_process_without_an_api_can_serve_health_and_metrics() {
+    let s = TestServer::start(|listener, shutdown| {
+        server::run_metrics_only(listener, shutdown, ServerOptions::new("worker"))
+    })
+    .await
+    .expect("start");
+    assert_eq!(
+        reqwest::get(s.url("/healthz"))
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("body"),
+        "ok"
+    );
+    let metrics = reqwest::get(s.url("/metrics")).await.expect("send");
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .expect("body")
+            .contains("service=\"worker\"")
+    );
+    assert_eq!(
+        reqwest::get(s.url("/anything"))
+            .await
+            .expect("send")
+            .status(),
+        404
+    );
+    s.stop().await.expect("stop");
+}
