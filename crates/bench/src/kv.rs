@@ -1,7 +1,10 @@
 //! `shoal bench kv`: gets and sets against a kv store, optionally next to a trivial baseline
 //! server behind the same middleware.
+//!
+//! The servers are started (and the kv preloaded) once and kept running for the whole run;
+//! then `--rounds` rounds each measure every server once, the baseline first in odd rounds
+//! and last in even ones. See the crate docs for why.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +20,18 @@ use shoal_kv::store::SyncMode;
 use tokio::task::JoinSet;
 
 use crate::client::{Target, fetch};
-use crate::load::{self, Workload};
+use crate::load::{self, Measurement, Workload};
 use crate::mix::{Mix, Op};
-use crate::report::Report;
+use crate::report::{BASELINE, Report};
 
 /// How long the target gets to answer its first `/healthz`.
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long one preload `set` may take.
 const PRELOAD_REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// The label of the kv's measurements.
+const LABEL: &str = "kv";
 
 /// What the baseline server's `/get` answers.
 const BASELINE_GET_BODY: &str = "baseline";
@@ -42,11 +48,13 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
 
-    /// How long to measure, after the warmup (`10s`, `500ms`, `1m`).
+    /// How long one measurement records, after its own warmup (`10s`, `500ms`, `1m`). Each
+    /// round measures each server once, so a run takes about rounds × servers × (warmup +
+    /// duration).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
 
-    /// How long to run the same load first without recording it.
+    /// How long each measurement first runs the same load without recording it.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub warmup: Duration,
 
@@ -63,10 +71,16 @@ pub struct KvArgs {
     #[arg(long, value_parser = parse_value_size, default_value = "64")]
     pub value_size: usize,
 
-    /// First measure a trivial server (constant answers, same middleware as kv) with the same
-    /// load, and report kv's throughput relative to it.
+    /// Also measure a trivial server (constant answers, same middleware as kv) with the same
+    /// load, in every round next to kv, and report kv's throughput relative to it.
     #[arg(long)]
     pub baseline: bool,
+
+    /// How many times to measure each server. With --baseline each round measures the
+    /// baseline and kv back to back, alternating which goes first, and the report gives the
+    /// median of the per-round ratios; the summary shows medians over the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 
     /// Durability of the in-process kv's writes (default `normal`); not with --target.
     #[arg(long, value_enum, conflicts_with = "target")]
@@ -83,7 +97,8 @@ pub struct KvArgs {
 }
 
 impl KvArgs {
-    /// Flags with every default (in-process kv, 64 connections, 10 s, `get=90,set=10`).
+    /// Flags with every default (in-process kv, 64 connections, 3 rounds of 10 s,
+    /// `get=90,set=10`).
     pub fn new() -> Self {
         Self {
             target: None,
@@ -94,6 +109,7 @@ impl KvArgs {
             keys: 1000,
             value_size: 64,
             baseline: false,
+            rounds: 3,
             sync: None,
             token: None,
         }
@@ -115,13 +131,15 @@ fn parse_value_size(s: &str) -> Result<usize, String> {
 }
 
 /// Runs the scenario and returns what it measured. Fails when a server cannot be started or
-/// reached or the preload is refused; a run whose requests all failed still returns its
-/// report (see [`Report::check`]).
+/// reached, the preload is refused or an in-process server stops during the run; a run whose
+/// requests all failed still returns its report (see [`Report::check`]), which then holds
+/// the measurements up to the one that failed: the remaining rounds are skipped.
 pub async fn measure(args: &KvArgs) -> anyhow::Result<Report> {
     if args.duration.is_zero() {
         bail!("--duration must be more than zero");
     }
     let connections = usize::try_from(args.connections).context("--connections out of range")?;
+    let rounds = usize::try_from(args.rounds).context("--rounds out of range")?;
     let value = Bytes::from(
         (0..args.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -138,58 +156,34 @@ pub async fn measure(args: &KvArgs) -> anyhow::Result<Report> {
             duration: args.duration,
         })
     };
-    let plan = format!(
-        "{} warmup + {}, {connections} connections, mix {}",
-        humantime::format_duration(args.warmup),
-        humantime::format_duration(args.duration),
-        args.mix
-    );
 
+    // Both servers run for the whole run: started once, the kv preloaded once, then measured
+    // in turn. The data directory outlives the kv that uses it.
+    let mut data_dir = None;
+    let mut servers: Vec<(&'static str, TestServer)> = Vec::new();
     let baseline = if args.baseline {
         let server = TestServer::start(|listener, shutdown| async move {
             server::run(
                 baseline_router(),
                 listener,
                 shutdown,
-                ServerOptions::new("baseline"),
+                ServerOptions::new(BASELINE),
             )
             .await
         })
         .await
         .context("cannot start the baseline server")?;
         let target = Target::parse(&server.base_url, None)?;
-        let measured = with_server(server, "baseline", async {
-            target.probe(PROBE_LIMIT).await?;
-            eprintln!("bench: measuring baseline at {} ({plan})", target.base_url);
-            load::measure("baseline", workload(target.clone())).await
-        })
-        .await?;
-        Some(measured)
+        servers.push((BASELINE, server));
+        Some(workload(target))
     } else {
         None
     };
-
-    let run_kv = |target: Target| {
-        let work = workload(target);
-        async move {
-            work.target.probe(PROBE_LIMIT).await?;
-            eprintln!(
-                "bench: preloading {} keys of {} bytes into {}",
-                work.keys,
-                work.value.len(),
-                work.target.base_url
-            );
-            preload(&work).await?;
-            eprintln!("bench: measuring kv at {} ({plan})", work.target.base_url);
-            load::measure("kv", work).await
-        }
-    };
-    let (target_url, target_kind, measured) = match &args.target {
-        Some(url) => {
-            let target = Target::parse(url, args.token.as_ref())?;
-            let base_url = target.base_url.clone();
-            (base_url, "external".to_owned(), run_kv(target).await?)
-        }
+    let (target, target_kind) = match &args.target {
+        Some(url) => (
+            Target::parse(url, args.token.as_ref())?,
+            "external".to_owned(),
+        ),
         None => {
             let dir = tempfile::Builder::new()
                 .prefix("shoal-bench-kv-")
@@ -198,23 +192,30 @@ pub async fn measure(args: &KvArgs) -> anyhow::Result<Report> {
             let sync = args.sync.unwrap_or_default();
             let mut config = shoal_kv::Config::with_data_dir(dir.path());
             config.sync = sync;
+            data_dir = Some(dir);
             let server = TestServer::start(move |listener, shutdown| {
                 shoal_kv::run(config, listener, shutdown)
             })
             .await
             .context("cannot start the in-process kv")?;
             let target = Target::parse(&server.base_url, None)?;
-            let base_url = target.base_url.clone();
-            let measured = with_server(server, "kv", run_kv(target)).await?;
-            // The store is closed now; only then remove its files.
-            dir.close()
-                .context("cannot remove the temporary data directory")?;
+            servers.push((LABEL, server));
             let sync = sync
                 .to_possible_value()
                 .map_or_else(|| format!("{sync:?}"), |v| v.get_name().to_owned());
-            (base_url, format!("in-process, sync={sync}"), measured)
+            (target, format!("in-process, sync={sync}"))
         }
     };
+    let kv = workload(target);
+    let target_url = kv.target.base_url.clone();
+
+    let result = run_rounds(args, rounds, baseline.as_ref(), &kv, &servers).await;
+    let measurements = stop_servers(servers, result).await?;
+    if let Some(dir) = data_dir {
+        // Every store is closed now; only then remove its files.
+        dir.close()
+            .context("cannot remove the temporary data directory")?;
+    }
 
     Ok(Report {
         scenario: "kv".into(),
@@ -223,9 +224,81 @@ pub async fn measure(args: &KvArgs) -> anyhow::Result<Report> {
         connections,
         duration: args.duration,
         mix: args.mix.clone(),
-        baseline,
-        measured,
+        rounds,
+        measurements,
     })
+}
+
+/// Whether round `round` (from 1) measures the baseline before the target: odd rounds do,
+/// even rounds do not, so a steady drift of the machine's speed favours each side equally.
+fn baseline_first(round: usize) -> bool {
+    round % 2 == 1
+}
+
+/// Probes the servers, preloads the kv, then measures `rounds` rounds. Stops early, with the
+/// measurements so far, after a measurement without a single successful request; fails
+/// when an in-process server (one of `servers`) has stopped.
+async fn run_rounds(
+    args: &KvArgs,
+    rounds: usize,
+    baseline: Option<&Arc<Workload>>,
+    kv: &Arc<Workload>,
+    servers: &[(&'static str, TestServer)],
+) -> anyhow::Result<Vec<Measurement>> {
+    if let Some(base) = baseline {
+        base.target.probe(PROBE_LIMIT).await?;
+    }
+    kv.target.probe(PROBE_LIMIT).await?;
+    eprintln!(
+        "bench: preloading {} keys of {} bytes into {}",
+        kv.keys,
+        kv.value.len(),
+        kv.target.base_url
+    );
+    preload(kv).await?;
+
+    let per_round: u32 = if baseline.is_some() { 2 } else { 1 };
+    let one = args.warmup.saturating_add(args.duration);
+    eprintln!(
+        "bench: {rounds} round{} of {} measurement{} ({} warmup + {} each, \
+         {} connections, mix {}): about {} in all",
+        if rounds == 1 { "" } else { "s" },
+        per_round,
+        if per_round == 1 { "" } else { "s" },
+        humantime::format_duration(args.warmup),
+        humantime::format_duration(args.duration),
+        kv.connections,
+        args.mix,
+        humantime::format_duration(one.saturating_mul(per_round).saturating_mul(args.rounds)),
+    );
+
+    let mut measurements = Vec::new();
+    for round in 1..=rounds {
+        let order = match baseline {
+            Some(base) if baseline_first(round) => vec![(BASELINE, base), (LABEL, kv)],
+            Some(base) => vec![(LABEL, kv), (BASELINE, base)],
+            None => vec![(LABEL, kv)],
+        };
+        for (label, work) in order {
+            eprintln!(
+                "bench: round {round}/{rounds}: measuring {label} at {}",
+                work.target.base_url
+            );
+            let measured = load::measure(label, round, Arc::clone(work)).await?;
+            let failed = measured.total.ok() == 0;
+            measurements.push(measured);
+            if let Some((name, _)) = servers.iter().find(|(_, server)| server.is_finished()) {
+                bail!("the in-process {name} server stopped during round {round}");
+            }
+            if failed {
+                eprintln!(
+                    "bench: no {label} request succeeded in round {round}; skipping the rest"
+                );
+                return Ok(measurements);
+            }
+        }
+    }
+    Ok(measurements)
 }
 
 /// The baseline: constant answers, no state, behind the same middleware as every service.
@@ -236,23 +309,25 @@ fn baseline_router() -> Router {
         .route("/set", post(|_body: Bytes| async { "success" }))
 }
 
-/// Runs `work` while `server` runs, then stops the server. When the work failed because the
+/// Stops every server after the run that produced `result`. When the run failed because a
 /// server had died, the server's own error is the one worth showing.
-async fn with_server<T>(
-    server: TestServer,
-    name: &str,
-    work: impl Future<Output = anyhow::Result<T>>,
+async fn stop_servers<T>(
+    servers: Vec<(&'static str, TestServer)>,
+    mut result: anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let result = work.await;
-    let stopped = server.stop().await;
-    match (result, stopped) {
-        (Ok(value), Ok(())) => Ok(value),
-        (Ok(_), Err(e)) => Err(e.context(format!("the in-process {name} server failed"))),
-        (Err(e), Err(server_error)) => {
-            Err(server_error.context(format!("the in-process {name} server failed ({e:#})")))
-        }
-        (Err(e), Ok(())) => Err(e),
+    // In reverse order of starting: the kv, then the baseline.
+    for (name, server) in servers.into_iter().rev() {
+        let stopped = server.stop().await;
+        result = match (result, stopped) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) => Err(e.context(format!("the in-process {name} server failed"))),
+            (Err(e), Err(server_error)) => {
+                Err(server_error.context(format!("the in-process {name} server failed ({e:#})")))
+            }
+            (Err(e), Ok(())) => Err(e),
+        };
     }
+    result
 }
 
 /// Sets every key once, over up to `connections` connections, so gets hit existing keys.
@@ -319,6 +394,8 @@ mod tests {
             "--value-size",
             "1KiB",
             "--baseline",
+            "--rounds",
+            "5",
         ])
         .expect("flags parse");
         assert_eq!(cli.kv.connections, 8);
@@ -327,18 +404,28 @@ mod tests {
         assert_eq!(cli.kv.mix.to_string(), "get=100");
         assert_eq!(cli.kv.value_size, 1024);
         assert!(cli.kv.baseline);
+        assert_eq!(cli.kv.rounds, 5);
 
         let defaults = Cli::try_parse_from(["bench"]).expect("defaults parse");
         assert_eq!(defaults.kv.mix, KvArgs::new().mix);
         assert_eq!(defaults.kv.connections, 64);
         assert_eq!(defaults.kv.keys, 1000);
+        assert_eq!(defaults.kv.rounds, 3);
+        assert_eq!(defaults.kv.rounds, KvArgs::new().rounds);
 
         assert!(Cli::try_parse_from(["bench", "--mix", "get=90,put=10"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["bench", "--value-size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--rounds", "0"]).is_err());
         assert!(
             Cli::try_parse_from(["bench", "--target", "x:1", "--sync", "full"]).is_err(),
             "--sync only applies to the in-process kv"
         );
+    }
+
+    #[test]
+    fn rounds_alternate_which_server_goes_first() {
+        let firsts: Vec<bool> = (1..=4).map(baseline_first).collect();
+        assert_eq!(firsts, [true, false, true, false]);
     }
 }

@@ -12,10 +12,43 @@
 //! transport errors count as errors; after a transport error the task reconnects.
 //!
 //! Without `--target`, the bench starts the service in this process on `127.0.0.1:0` with a
-//! temporary data directory. With `--baseline` it first measures a trivial server (constant
+//! temporary data directory. With `--baseline` it also measures a trivial server (constant
 //! answers) served by [`shoal_core::server::run`], i.e. behind exactly the middleware every
 //! service has, so the report can say how much of the framework's ceiling the service
 //! reaches (`kv/baseline throughput`).
+//!
+//! # Rounds
+//!
+//! The bench usually runs on a shared, noisy machine whose speed drifts by tens of percent
+//! over seconds (other tenants, frequency scaling). Measured once each, a baseline and a
+//! target ten seconds apart see different machines, and their ratio mostly measures the
+//! drift: the same command gave kv/baseline 78% in one run and 115% in the next. So a run
+//! is `--rounds` rounds (3 by default), each measuring every server once for `--duration`
+//! after its own `--warmup`. Both servers are started, and the kv preloaded, once and stay
+//! up for the whole run; the one not being measured sits idle.
+//!
+//! - **Pairs back to back.** Within a round the baseline and the target are measured one
+//!   right after the other, so both see nearly the same machine and its speed largely
+//!   cancels out of their ratio.
+//! - **Alternating order.** Odd rounds measure the baseline first, even rounds the target
+//!   first (B,T then T,B then B,T…). If the machine keeps getting faster or slower, whoever
+//!   goes second in a round is favoured; alternating gives that edge to each side equally
+//!   often, so a steady drift cancels across rounds instead of biasing every ratio the same
+//!   way. (The target's own state also grows as sets accumulate; that drift alternates too.)
+//! - **Median of per-round ratios.** The headline number is the median of the rounds'
+//!   kv/baseline ratios, not the ratio of the two median throughputs: each per-round ratio
+//!   compares measurements taken under the same conditions, whereas the ratio of medians
+//!   may divide a slow round's kv by a fast round's baseline. The median rather than the mean,
+//!   so one round spoilt by a burst of noise does not move it. The lowest and highest
+//!   per-round ratio are shown next to it: a wide range says the machine was too noisy for
+//!   the number to mean much, and more rounds (or a quieter machine) are needed.
+//!
+//! The report lists every measurement (prefixed `r1`, `r2`…), then per server and operation
+//! the median req/s, p50 and p99 over the rounds (with the slowest request of any round and
+//! the errors of all rounds), then the ratios. Without `--baseline`, rounds simply repeat the
+//! target's measurement and the summary gives its medians. A measurement in which no request
+//! succeeded fails the run: the remaining rounds are skipped, and the report of what was
+//! measured is printed before the error.
 //!
 //! # Why a hand-rolled client
 //!
@@ -28,10 +61,10 @@
 //! buffering. No TLS: benchmark services over plain HTTP on a trusted network.
 //!
 //! # Layout
-//! - [`kv`]: the kv scenario's flags and orchestration (servers, preload, measurements).
+//! - [`kv`]: the kv scenario's flags and orchestration (servers, preload, rounds).
 //! - [`load`]: the load loop and the statistics it collects.
 //! - [`mix`]: the operation mix.
-//! - [`report`]: the plain-text report.
+//! - [`report`]: the plain-text report, medians and ratios.
 
 mod client;
 pub mod kv;

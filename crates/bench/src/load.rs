@@ -97,6 +97,8 @@ impl Stats {
 pub struct Measurement {
     /// Which server: `baseline` or `kv`.
     pub label: String,
+    /// The round it belongs to, from 1 (see `--rounds`).
+    pub round: usize,
     /// From the end of the warmup until the last task finished.
     pub elapsed: Duration,
     /// Per operation in the mix, in report order.
@@ -107,13 +109,19 @@ pub struct Measurement {
 
 impl Measurement {
     /// Builds the totals from per-operation stats.
-    pub fn new(label: impl Into<String>, elapsed: Duration, per_op: Vec<(Op, Stats)>) -> Self {
+    pub fn new(
+        label: impl Into<String>,
+        round: usize,
+        elapsed: Duration,
+        per_op: Vec<(Op, Stats)>,
+    ) -> Self {
         let mut total = Stats::new();
         for (_, stats) in &per_op {
             total.merge(stats);
         }
         Self {
             label: label.into(),
+            round,
             elapsed,
             per_op,
             total,
@@ -123,6 +131,14 @@ impl Measurement {
     /// The stats of `op`, if it was in the mix.
     pub fn op(&self, op: Op) -> Option<&Stats> {
         self.per_op.iter().find(|(o, _)| *o == op).map(|(_, s)| s)
+    }
+
+    /// The stats of `op`, or the totals for `None`.
+    pub fn stats(&self, op: Option<Op>) -> Option<&Stats> {
+        match op {
+            Some(op) => self.op(op),
+            None => Some(&self.total),
+        }
     }
 }
 
@@ -138,8 +154,13 @@ pub(crate) struct Workload {
     pub(crate) duration: Duration,
 }
 
-/// Runs the load against `work.target`: `warmup` unrecorded, then `duration` recorded.
-pub(crate) async fn measure(label: &str, work: Arc<Workload>) -> anyhow::Result<Measurement> {
+/// Runs the load against `work.target`: `warmup` unrecorded, then `duration` recorded; the
+/// result is labelled `label`, round `round`.
+pub(crate) async fn measure(
+    label: &str,
+    round: usize,
+    work: Arc<Workload>,
+) -> anyhow::Result<Measurement> {
     let start = Instant::now();
     let warmup_end = start + work.warmup;
     let deadline = warmup_end + work.duration;
@@ -161,7 +182,7 @@ pub(crate) async fn measure(label: &str, work: Arc<Workload>) -> anyhow::Result<
         }
     }
     let elapsed = Instant::now().saturating_duration_since(warmup_end);
-    Ok(Measurement::new(label, elapsed, per_op))
+    Ok(Measurement::new(label, round, elapsed, per_op))
 }
 
 /// One connection's loop. Requests started before `warmup_end` are not recorded; no request
@@ -265,12 +286,16 @@ mod tests {
         set.errors = 4;
         let m = Measurement::new(
             "kv",
+            1,
             Duration::from_secs(1),
             vec![(Op::Get, get), (Op::Set, set)],
         );
         assert_eq!(m.total.ok(), 3);
         assert_eq!(m.total.errors, 4);
         assert_eq!(m.op(Op::Set).map(Stats::ok), Some(2));
+        assert_eq!(m.stats(Some(Op::Get)).map(Stats::ok), Some(1));
+        assert_eq!(m.stats(None).map(Stats::ok), Some(3));
+        assert_eq!(m.round, 1);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Runs `shoal bench kv --baseline` end to end against an in-process kv.
+//! Runs `shoal bench kv` end to end against an in-process kv, with and without a baseline.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shoal_bench::mix::Op;
+use shoal_bench::report::BASELINE;
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -12,17 +13,19 @@ struct Cli {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_scenario_with_baseline_completes_without_errors() -> anyhow::Result<()> {
+async fn kv_scenario_with_baseline_runs_alternating_rounds() -> anyhow::Result<()> {
     let cli = Cli::try_parse_from([
         "shoal-bench",
         "kv",
         "--baseline",
+        "--rounds",
+        "2",
         "--connections",
         "4",
         "--duration",
-        "300ms",
+        "250ms",
         "--warmup",
-        "200ms",
+        "100ms",
         "--keys",
         "20",
         "--value-size",
@@ -38,22 +41,78 @@ async fn kv_scenario_with_baseline_completes_without_errors() -> anyhow::Result<
         started.elapsed()
     );
     report.check()?;
+    assert!(report.target_kind.starts_with("in-process"));
+    assert_eq!(report.rounds, 2);
 
-    let baseline = report.baseline.as_ref().expect("--baseline measured");
-    for m in [baseline, &report.measured] {
-        assert!(m.total.ok() > 0, "{}: no requests completed", m.label);
-        assert_eq!(m.total.errors, 0, "{}: errors", m.label);
+    // Four measurements, the baseline first in round 1 and last in round 2.
+    let order: Vec<(usize, &str)> = report
+        .measurements
+        .iter()
+        .map(|m| (m.round, m.label.as_str()))
+        .collect();
+    assert_eq!(order, [(1, BASELINE), (1, "kv"), (2, "kv"), (2, BASELINE)]);
+    for m in &report.measurements {
+        let at = format!("{} in round {}", m.label, m.round);
+        assert!(m.total.ok() > 0, "{at}: no requests completed");
+        assert_eq!(m.total.errors, 0, "{at}: errors");
         for op in [Op::Get, Op::Set] {
             let stats = m.op(op).expect("op in the mix");
-            assert!(stats.ok() > 0, "{} {op}: no requests", m.label);
-            assert_eq!(stats.errors, 0, "{} {op}: errors", m.label);
+            assert!(stats.ok() > 0, "{at} {op}: no requests");
+            assert_eq!(stats.errors, 0, "{at} {op}: errors");
         }
     }
-    assert_eq!(report.measured.label, "kv");
-    assert!(report.target_kind.starts_with("in-process"));
+    let ratio = report
+        .ratio("kv", None)
+        .expect("both servers ran in each round");
+    assert!(
+        ratio.min <= ratio.median && ratio.median <= ratio.max && ratio.min > 0.0,
+        "{ratio:?}"
+    );
 
     let text = report.to_string();
-    assert!(text.contains("kv/baseline throughput: total "), "{text}");
+    assert!(text.contains("  rounds 2  "), "{text}");
+    assert!(text.contains("\nr1     baseline  total "), "{text}");
+    assert!(text.contains("\nr2     kv        set   "), "{text}");
+    assert!(text.contains("\nmedian of 2 rounds"), "{text}");
+    assert!(text.contains("\nmedian kv        get   "), "{text}");
+    assert!(
+        text.contains("kv/baseline throughput (median of per-round ratios): total "),
+        "{text}"
+    );
+    assert!(text.contains("%)  get "), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rounds_without_baseline_repeat_the_target() -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from([
+        "shoal-bench",
+        "kv",
+        "--rounds",
+        "2",
+        "--connections",
+        "2",
+        "--duration",
+        "150ms",
+        "--warmup",
+        "50ms",
+        "--keys",
+        "10",
+        "--mix",
+        "set=1",
+    ])?;
+    let report = shoal_bench::measure(&cli.bench).await?;
+    report.check()?;
+    let order: Vec<(usize, &str)> = report
+        .measurements
+        .iter()
+        .map(|m| (m.round, m.label.as_str()))
+        .collect();
+    assert_eq!(order, [(1, "kv"), (2, "kv")]);
+    assert_eq!(report.summary("kv", Some(Op::Set)).rounds, 2);
+    let text = report.to_string();
+    assert!(text.contains("\nmedian kv        set   "), "{text}");
+    assert!(!text.contains("throughput"), "{text}");
     Ok(())
 }
 

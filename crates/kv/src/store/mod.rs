@@ -560,7 +560,11 @@ impl Writer {
                 return;
             }
             let revision = rows.iter().map(|r| r.revision).max().unwrap_or(base);
-            match shared.backend.commit(base, &rows, revision).await {
+            let started = std::time::Instant::now();
+            let committed = shared.backend.commit(base, &rows, revision).await;
+            metrics::histogram!("shoal_kv_commit_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match committed {
                 Ok(Commit::Done) => {
                     {
                         let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
@@ -775,5 +779,59 @@ fn tombstone(key: &str, revision: u64, now: i64) -> Row {
         revision,
         expires_at: None,
         updated_at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(dir: &std::path::Path) -> Store {
+        let backend = Backend::Sqlite(
+            SqliteBackend::open(dir, SyncMode::Normal)
+                .await
+                .expect("open sqlite"),
+        );
+        Store::open(backend, Limits::default())
+            .await
+            .expect("open store")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mass_expiry_larger_than_one_statement_commits_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..5000 {
+            let store = store.clone();
+            writes.spawn(async move {
+                store
+                    .set(
+                        format!("k{i}"),
+                        Bytes::from_static(b"v"),
+                        Some(Duration::from_millis(400)),
+                        None,
+                    )
+                    .await
+            });
+        }
+        while let Some(result) = writes.join_next().await {
+            result.expect("join").expect("set");
+        }
+        assert_eq!(store.read().live_with_prefix("", now_ms()).count(), 5000);
+        // All 5,000 expire together: one batch of more rows than one statement takes.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(store.read().live_with_prefix("", now_ms()).count(), 0);
+        let revision = store.read().revision();
+        assert_eq!(
+            revision, 10_000,
+            "5,000 sets and 5,000 expiries, one revision each"
+        );
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let store = open(dir.path()).await;
+        assert_eq!(store.read().live_with_prefix("", now_ms()).count(), 0);
+        assert_eq!(store.read().revision(), 10_000, "the counter is durable");
+        assert!(matches!(store.get("k42"), Lookup::Removed { revision } if revision > 5000));
     }
 }

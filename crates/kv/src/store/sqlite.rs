@@ -9,14 +9,51 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use std::sync::Arc;
+
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode,
+    SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions as _, QueryBuilder, Sqlite};
+use tokio::sync::Mutex;
 
 use super::{Changes, Commit, Row, Snapshot};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per upsert statement: 5 parameters each, below SQLite's limit of 32,766.
+const MAX_ROWS_PER_STATEMENT: usize = 4096;
+
+/// Statements for batches up to this size are kept prepared; larger ones are rare and
+/// prepared per use, so they do not crowd the statement cache.
+const CACHED_STATEMENT_ROWS: usize = 64;
+
+/// Writes `rows` (at most one per key) with one multi-row upsert.
+async fn upsert(conn: &mut SqliteConnection, rows: &[Row]) -> sqlx::Result<()> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO kv_entries (key, value, revision, expires_at, updated_at) ",
+    );
+    insert.push_values(rows, |mut values, row| {
+        values
+            .push_bind(&row.key)
+            .push_bind(row.value.as_deref())
+            .push_bind(rev(row.revision))
+            .push_bind(row.expires_at)
+            .push_bind(row.updated_at);
+    });
+    insert.push(
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+         revision = excluded.revision, expires_at = excluded.expires_at, \
+         updated_at = excluded.updated_at",
+    );
+    insert
+        .build()
+        .persistent(rows.len() <= CACHED_STATEMENT_ROWS)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// When an acknowledged write has reached the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -30,9 +67,13 @@ pub enum SyncMode {
 
 /// The SQLite file and its one connection. The connection holds an exclusive lock, so a
 /// second process cannot open the same store and serve a stale copy of it.
+///
+/// One connection, not a pool: every write comes from the single writer task and reads are
+/// served from memory, and a pool would add a health-check round trip to SQLite's thread on
+/// every commit.
 #[derive(Clone, Debug)]
 pub struct SqliteBackend {
-    pool: SqlitePool,
+    conn: Arc<Mutex<SqliteConnection>>,
     path: PathBuf,
 }
 
@@ -75,21 +116,26 @@ impl SqliteBackend {
                 SyncMode::Full => SqliteSynchronous::Full,
             })
             .busy_timeout(Duration::from_millis(200));
-        // One connection for life: every write goes through the single writer task, reads
-        // are served from memory, and keeping the connection keeps the exclusive lock.
-        let pool = SqlitePoolOptions::new()
+        // Migrate through a short-lived pool (the migrator's public entry point wants one),
+        // then keep one connection for the life of the store: it holds the exclusive lock.
+        let migrations = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| in_use_hint(&path))?;
         MIGRATOR
-            .run(&pool)
+            .run(&migrations)
             .await
             .with_context(|| in_use_hint(&path))?;
-        Ok(Self { pool, path })
+        migrations.close().await;
+        let conn = options
+            .connect()
+            .await
+            .with_context(|| in_use_hint(&path))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
     }
 
     /// The database file.
@@ -98,13 +144,14 @@ impl SqliteBackend {
     }
 
     pub(super) async fn load(&self) -> anyhow::Result<Snapshot> {
+        let mut conn = self.conn.lock().await;
         let rows: Vec<RowTuple> =
             sqlx::query_as("SELECT key, value, revision, expires_at, updated_at FROM kv_entries")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?;
         let (revision, purged_through): (i64, i64) =
             sqlx::query_as("SELECT revision, purged_through FROM kv_meta WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
         Ok(Snapshot {
             rows: rows.into_iter().map(to_row).collect(),
@@ -113,50 +160,37 @@ impl SqliteBackend {
         })
     }
 
+    /// Writes a batch. `base` is not checked: the exclusive lock means no other writer exists.
     pub(super) async fn commit(
         &self,
-        base: u64,
+        _base: u64,
         rows: &[Row],
-        revision: u64,
+        _revision: u64,
     ) -> anyhow::Result<Commit> {
-        let mut tx = self.pool.begin().await?;
-        let (current,): (i64,) = sqlx::query_as("SELECT revision FROM kv_meta WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        if current.cast_unsigned() != base {
-            tx.rollback().await?;
-            return Ok(Commit::Stale(self.changes_since(base).await?));
+        let mut conn = self.conn.lock().await;
+        if rows.len() <= MAX_ROWS_PER_STATEMENT {
+            // The common case: one statement, atomic on its own (and the trigger moves the
+            // store revision), so one round trip to SQLite's thread per batch. Those round
+            // trips, not SQLite's work, dominated commit time on a busy machine.
+            upsert(&mut conn, rows).await?;
+        } else {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+                upsert(&mut tx, chunk).await?;
+            }
+            tx.commit().await?;
         }
-        for row in rows {
-            sqlx::query(
-                "INSERT INTO kv_entries (key, value, revision, expires_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 revision = excluded.revision, expires_at = excluded.expires_at, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(&row.key)
-            .bind(row.value.as_deref())
-            .bind(rev(row.revision))
-            .bind(row.expires_at)
-            .bind(row.updated_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE kv_meta SET revision = ?1 WHERE id = 1")
-            .bind(rev(revision))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(Commit::Done)
     }
 
     pub(super) async fn changes_since(&self, since: u64) -> anyhow::Result<Changes> {
+        let mut conn = self.conn.lock().await;
         let (revision, purged_through): (i64, i64) =
             sqlx::query_as("SELECT revision, purged_through FROM kv_meta WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
         if purged_through.cast_unsigned() > since {
+            drop(conn);
             return Ok(Changes::Reload(self.load().await?));
         }
         let rows: Vec<RowTuple> = sqlx::query_as(
@@ -164,7 +198,7 @@ impl SqliteBackend {
              WHERE revision > ?1 ORDER BY revision",
         )
         .bind(rev(since))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         Ok(Changes::Rows(
             rows.into_iter().map(to_row).collect(),
@@ -173,7 +207,8 @@ impl SqliteBackend {
     }
 
     pub(super) async fn purge_tombstones(&self, before: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn.lock().await;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query(
             "UPDATE kv_meta SET purged_through = MAX(purged_through, COALESCE( \
              (SELECT MAX(revision) FROM kv_entries WHERE value IS NULL AND updated_at < ?1), 0)) \
@@ -191,7 +226,9 @@ impl SqliteBackend {
     }
 
     pub(super) async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.conn.lock().await)
+            .await?;
         Ok(())
     }
 }
