@@ -70,6 +70,16 @@ impl PgServer {
     /// Starts a server, or returns `Ok(None)` when PostgreSQL is not installed and we are not
     /// in CI.
     pub fn start() -> anyhow::Result<Option<Self>> {
+        Self::start_with(false)
+    }
+
+    /// Like [`PgServer::start`], but the server accepts TCP connections only over TLS (a
+    /// self-signed certificate; plain connections are rejected), to test `sslmode=require`.
+    pub fn start_tls() -> anyhow::Result<Option<Self>> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Option<Self>> {
         let Some(bin) = find_bin_dir() else {
             if in_ci() {
                 bail!(
@@ -110,15 +120,19 @@ impl PgServer {
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        if tls {
+            enable_tls(&data, root)?;
+        }
         let port = free_port()?;
         // The watchdog: runs postgres in the background and stops it (fast shutdown) once its
         // stdin reaches end-of-file, i.e. when this handle drops or this process dies.
         let script = format!(
-            "{postgres} -D {data} -h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200 & pg=$!; \
+            "{postgres} -D {data} -h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200 {ssl} & pg=$!; \
              read _; kill -INT $pg; wait $pg",
             postgres = bin.join("postgres").display(),
             data = data.display(),
             sock = dir.path().display(),
+            ssl = if tls { "-c ssl=on" } else { "" },
         );
         let mut shell = if root {
             let mut c = Command::new("runuser");
@@ -223,6 +237,54 @@ impl PgServer {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// A self-signed certificate in the data directory, and client authentication that rejects
+/// any TCP connection not made over TLS.
+fn enable_tls(data: &Path, as_postgres: bool) -> anyhow::Result<()> {
+    let key = data.join("server.key");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(data.join("server.crt"))
+        .output()
+        .context("cannot run openssl (install the openssl package)")?;
+    if !out.status.success() {
+        bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+    )?;
+    if as_postgres {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(data)
+            .status()?;
+        if !status.success() {
+            bail!("cannot hand the certificate to the postgres user");
+        }
+    }
+    // PostgreSQL refuses a key readable by others.
+    let status = Command::new("chmod").arg("600").arg(&key).status()?;
+    if !status.success() {
+        bail!("cannot restrict the key's permissions");
+    }
+    Ok(())
 }
 
 impl Drop for PgServer {

@@ -118,3 +118,26 @@ async fn tables_and_migrations_live_in_their_own_schema() {
         .expect("psql");
     assert_eq!(public.trim(), "0", "nothing in the public schema");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_url_with_sslmode_require_uses_tls() {
+    let Some(server) =
+        shoal_core::testkit::postgres::PgServer::start_tls().expect("start TLS postgres")
+    else {
+        return;
+    };
+    let url = server.fresh_database().expect("database");
+    // The server rejects plain TCP connections, so a working kv proves the link is encrypted.
+    let plain = Storage::Postgres(format!("{url}?sslmode=disable"));
+    let mut config = plain.config();
+    config.listen = "127.0.0.1:0".into();
+    let err = shoal_kv::open_store(&config)
+        .await
+        .expect_err("plain connections are rejected");
+    assert!(format!("{err:#}").contains("PostgreSQL"), "{err:#}");
+    let tls = Storage::Postgres(format!("{url}?sslmode=require"));
+    let kv = tls.start(|_| {}).await;
+    kv.set("secure", "yes").await;
+    assert_eq!(kv.value("secure").await.as_deref(), Some(&b"yes"[..]));
+    kv.stop().await;
+}
