@@ -1,0 +1,1101 @@
+//! The hub: accepts messages durably and delivers them to every subscriber registered at
+//! acceptance, in order, at least once.
+//!
+//! One writer task owns every change (sends, registrations, keep-alives, expiries, cursor
+//! advances, failures) and commits whatever is waiting as one transaction (group commit) before
+//! anyone is answered. Each subscriber has its own delivery task: it walks the messages after
+//! its cursor one at a time (so order holds), retries with exponential backoff and jitter, and
+//! advances its cursor; cursors are persisted in coalesced batches, so a crash re-delivers at
+//! most the messages since the last flush (at-least-once, deduplicated by `webhook-id`).
+//! A global semaphore bounds requests in flight; a slow subscriber only ever holds up itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::address::{Address, Host};
+use crate::guard::{Guard, GuardError, GuardedResolve};
+use crate::signing::SigningSecret;
+use crate::store::{Batch, FailureRow, MessageRow, Store, SubscriberRow};
+
+/// How the hub behaves; built from the command line.
+#[derive(Clone, Debug)]
+pub struct HubOptions {
+    /// A subscriber not kept alive for this long is removed.
+    pub expire: Duration,
+    /// Time allowed for one delivery request.
+    pub delivery_timeout: Duration,
+    /// Attempts per delivery before it is recorded as failed.
+    pub max_attempts: u32,
+    /// Age of a message after which a failing delivery is no longer retried.
+    pub max_retry_age: Duration,
+    /// Delay before the first retry; doubles per attempt.
+    pub retry_initial: Duration,
+    /// Longest delay between retries.
+    pub retry_max: Duration,
+    /// Delivery requests in flight across all subscribers.
+    pub max_in_flight: usize,
+    /// Most subscribers.
+    pub max_subscribers: usize,
+    /// Most bytes of accepted, undelivered messages held; beyond it sends get 503.
+    pub max_backlog_bytes: u64,
+    /// How long idempotency keys are remembered.
+    pub idempotency_retention: Duration,
+    /// How long final failures are kept for `/deliveries`.
+    pub failure_retention: Duration,
+    /// How often delivery cursors are persisted.
+    pub flush_interval: Duration,
+    /// Signs deliveries (Standard Webhooks) when set.
+    pub signing: Option<SigningSecret>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            expire: Duration::from_secs(120),
+            delivery_timeout: Duration::from_secs(10),
+            max_attempts: 20,
+            max_retry_age: Duration::from_secs(24 * 3600),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            max_in_flight: 512,
+            max_subscribers: 10_000,
+            max_backlog_bytes: 1 << 30,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            failure_retention: Duration::from_secs(7 * 24 * 3600),
+            flush_interval: Duration::from_millis(100),
+            signing: None,
+        }
+    }
+}
+
+/// Why the hub refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A limit (subscribers, backlog) is reached.
+    #[error("{0}")]
+    Full(String),
+    /// The backlog of undelivered messages is at its limit; try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    Closed,
+    /// The database failed; nothing was written.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// What a send was answered with.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The message's webhook id.
+    pub uid: String,
+    /// Its position in acceptance order.
+    pub id: u64,
+    /// How many subscribers it goes to.
+    pub recipients: usize,
+    /// True when an earlier send with the same idempotency key was accepted instead.
+    pub duplicate: bool,
+}
+
+/// One delivery outcome, kept in memory for `/deliveries`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    /// The message id.
+    pub message_id: u64,
+    /// Its webhook id.
+    pub uid: String,
+    /// `delivered`, `retrying` or `failed`.
+    pub result: &'static str,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The subscriber's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A subscriber's delivery progress, shared between its task, the writer and the API.
+#[derive(Debug, Default)]
+struct Progress {
+    delivered_through: AtomicU64,
+    persisted_through: AtomicU64,
+    recent: Mutex<VecDeque<Outcome>>,
+}
+
+const RECENT_OUTCOMES: usize = 100;
+
+impl Progress {
+    fn record(&self, outcome: Outcome) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_OUTCOMES {
+            recent.pop_front();
+        }
+        recent.push_back(outcome);
+    }
+}
+
+/// A registered subscriber.
+#[derive(Debug)]
+struct Subscriber {
+    row: SubscriberRow,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+}
+
+/// A subscriber as the API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubscriberView {
+    /// `host:port`.
+    pub address: String,
+    /// First registration, RFC 3339.
+    pub registered_at: String,
+    /// Last keep-alive, RFC 3339.
+    pub last_keepalive: String,
+    /// When it will be removed without another keep-alive, RFC 3339.
+    pub expires_at: String,
+    /// Last message finished for it.
+    pub delivered_through: u64,
+    /// Messages accepted for it and not finished yet.
+    pub pending: u64,
+    /// Recent outcomes, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Outcome>,
+}
+
+enum Command {
+    Send {
+        body: Bytes,
+        content_type: Option<String>,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<Accepted, HubError>>,
+    },
+    Register {
+        address: String,
+        reply: oneshot::Sender<Result<(), HubError>>,
+    },
+    Deregister {
+        address: String,
+        reply: oneshot::Sender<Result<(), HubError>>,
+    },
+    Failure(FailureRow),
+}
+
+struct Shared {
+    options: HubOptions,
+    store: Store,
+    guard: Arc<Guard>,
+    client: reqwest::Client,
+    commands: mpsc::Sender<Command>,
+    subscribers: RwLock<BTreeMap<String, Subscriber>>,
+    /// Accepted messages some subscriber has not finished yet.
+    messages: RwLock<BTreeMap<u64, Arc<MessageRow>>>,
+    backlog_bytes: AtomicU64,
+    /// The id of the last accepted message; delivery tasks wait on it.
+    accepted: watch::Sender<u64>,
+    in_flight: Semaphore,
+    shutdown: CancellationToken,
+}
+
+/// A cheap-to-clone handle on the hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock unix milliseconds (stored, so it must mean the same after a restart).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0).cast_unsigned());
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A random number without a random-number crate: std's hasher keys are random per process.
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms().cast_unsigned());
+    h.finish()
+}
+
+const MAX_BATCH: usize = 1024;
+
+impl Hub {
+    /// Loads the state from `store`, starts the writer and one delivery task per subscriber.
+    /// Everything stops when `shutdown` is cancelled.
+    pub async fn start(
+        store: Store,
+        guard: Arc<Guard>,
+        options: HubOptions,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        shoal_core::client::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolve::new(guard.clone())))
+            // Never follow a subscriber's redirect (it could point anywhere), and never go
+            // through a proxy (it would connect on our behalf, past the guard).
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(options.delivery_timeout)
+            .connect_timeout(options.delivery_timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2)
+            .tcp_nodelay(true)
+            .user_agent(concat!("shoal-multicast/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let since = now_ms().saturating_sub(millis(options.idempotency_retention));
+        let loaded = store.load(since).await?;
+        let (commands, receiver) = mpsc::channel(MAX_BATCH);
+        let last_accepted = loaded.next_message_id.saturating_sub(1);
+        let (accepted, _) = watch::channel(last_accepted);
+        let mut messages = BTreeMap::new();
+        let mut backlog = 0u64;
+        for m in loaded.messages {
+            backlog += m.body.len() as u64;
+            messages.insert(m.id, Arc::new(m));
+        }
+        let shared = Arc::new(Shared {
+            in_flight: Semaphore::new(options.max_in_flight.max(1)),
+            options,
+            store,
+            guard,
+            client,
+            commands,
+            subscribers: RwLock::new(BTreeMap::new()),
+            messages: RwLock::new(messages),
+            backlog_bytes: AtomicU64::new(backlog),
+            accepted,
+            shutdown,
+        });
+        let hub = Self { shared };
+        let mut writer = Writer {
+            shared: hub.shared.clone(),
+            commands: receiver,
+            expiries: BTreeSet::new(),
+            idempotency: loaded
+                .idempotency
+                .into_iter()
+                .map(|(k, id, uid, at)| (k, (id, uid, at)))
+                .collect(),
+            next_message_id: loaded.next_message_id.max(1),
+        };
+        for row in loaded.subscribers {
+            writer.add_subscriber(row);
+        }
+        tokio::spawn(writer.run());
+        Ok(hub)
+    }
+
+    /// Accepts a message: durable and queued for every current subscriber when this returns.
+    pub async fn send(
+        &self,
+        body: Bytes,
+        content_type: Option<String>,
+        key: Option<String>,
+    ) -> Result<Accepted, HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Send {
+            body,
+            content_type,
+            key,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| HubError::Closed)?
+    }
+
+    /// Registers `address` or refreshes its keep-alive; durable when this returns.
+    pub async fn register(&self, address: &Address) -> Result<(), HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Register {
+            address: address.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| HubError::Closed)?
+    }
+
+    /// Removes `address` (a no-op when it is not registered).
+    pub async fn deregister(&self, address: &Address) -> Result<(), HubError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Deregister {
+            address: address.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| HubError::Closed)?
+    }
+
+    async fn command(&self, command: Command) -> Result<(), HubError> {
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| HubError::Closed)
+    }
+
+    /// The guard deliveries go through (registration checks addresses with it too).
+    pub fn guard(&self) -> &Guard {
+        &self.shared.guard
+    }
+
+    /// The durable store (for health checks and failure history).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The current subscribers, sorted by address; with recent outcomes when asked.
+    pub fn subscribers(&self, with_recent: bool) -> Vec<SubscriberView> {
+        let last = *self.shared.accepted.borrow();
+        let expire = millis(self.shared.options.expire);
+        let subscribers = self
+            .shared
+            .subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        subscribers
+            .values()
+            .map(|s| {
+                let through = s.progress.delivered_through.load(Ordering::Acquire);
+                SubscriberView {
+                    address: s.row.address.clone(),
+                    registered_at: rfc3339(s.row.registered_at),
+                    last_keepalive: rfc3339(s.row.keepalive_at),
+                    expires_at: rfc3339(s.row.keepalive_at.saturating_add(expire)),
+                    delivered_through: through,
+                    pending: last.saturating_sub(through),
+                    recent: if with_recent {
+                        s.progress
+                            .recent
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    /// (keep-alive deadline, address); stale entries are checked when due.
+    expiries: BTreeSet<(i64, String)>,
+    /// Idempotency key → (message id, uid, accepted at).
+    idempotency: HashMap<String, (u64, String, i64)>,
+    next_message_id: u64,
+}
+
+enum Reply {
+    Sent(oneshot::Sender<Result<Accepted, HubError>>, Accepted),
+    Done(oneshot::Sender<Result<(), HubError>>),
+    Refused(oneshot::Sender<Result<(), HubError>>, HubError),
+    SendRefused(oneshot::Sender<Result<Accepted, HubError>>, HubError),
+}
+
+impl Writer {
+    fn add_subscriber(&mut self, row: SubscriberRow) {
+        let progress = Arc::new(Progress::default());
+        progress
+            .delivered_through
+            .store(row.delivered_through, Ordering::Release);
+        progress
+            .persisted_through
+            .store(row.delivered_through, Ordering::Release);
+        let cancel = self.shared.shutdown.child_token();
+        self.expiries.insert((
+            row.keepalive_at
+                .saturating_add(millis(self.shared.options.expire)),
+            row.address.clone(),
+        ));
+        match Address::from_str(&row.address) {
+            Ok(address) => {
+                tokio::spawn(deliver_loop(
+                    self.shared.clone(),
+                    address,
+                    progress.clone(),
+                    cancel.clone(),
+                ));
+            }
+            Err(err) => {
+                tracing::error!(address = %row.address, error = %err, "stored address no longer parses; not delivering")
+            }
+        }
+        self.shared
+            .subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                row.address.clone(),
+                Subscriber {
+                    row,
+                    progress,
+                    cancel,
+                },
+            );
+    }
+
+    async fn run(mut self) {
+        let mut flush = tokio::time::interval(self.shared.options.flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_gc = Instant::now();
+        loop {
+            let next_expiry = self.next_expiry();
+            let mut commands = Vec::new();
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(c) => commands.push(c),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(next_expiry) => {}
+                _ = flush.tick() => {}
+                () = self.shared.shutdown.cancelled() => {
+                    // Persist how far deliveries got, so a restart re-sends as little as possible.
+                    self.process(Vec::new()).await;
+                    break;
+                }
+            }
+            while commands.len() < MAX_BATCH {
+                match self.commands.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(commands).await;
+            if last_gc.elapsed() > Duration::from_secs(5) {
+                last_gc = Instant::now();
+                self.collect_garbage().await;
+            }
+        }
+    }
+
+    fn next_expiry(&self) -> Instant {
+        match self.expiries.first() {
+            Some((at, _)) => {
+                let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                Instant::now() + Duration::from_millis(wait)
+            }
+            None => Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    /// Plans the commands and due expiries into one batch, commits it, applies it, answers.
+    async fn process(&mut self, commands: Vec<Command>) {
+        let now = now_ms();
+        let options = &self.shared.options;
+        let expire = millis(options.expire);
+        let mut batch = Batch {
+            next_message_id: self.next_message_id,
+            ..Batch::default()
+        };
+        let mut replies = Vec::new();
+        let mut new_messages: Vec<Arc<MessageRow>> = Vec::new();
+        let mut added: Vec<SubscriberRow> = Vec::new();
+        let mut kept_alive: Vec<(String, i64)> = Vec::new();
+        let mut removed: BTreeSet<String> = BTreeSet::new();
+        let mut backlog = self.shared.backlog_bytes.load(Ordering::Acquire);
+        let (mut count, registered): (usize, BTreeSet<String>) = {
+            let subs = self
+                .shared
+                .subscribers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            (subs.len(), subs.keys().cloned().collect())
+        };
+        let is_registered = |a: &str, added: &[SubscriberRow], removed: &BTreeSet<String>| {
+            (registered.contains(a) || added.iter().any(|s| s.address == a)) && !removed.contains(a)
+        };
+        // Expiries first: they were due before these commands arrived.
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, address)) = self.expiries.pop_first() else {
+                break;
+            };
+            let current = self
+                .shared
+                .subscribers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&address)
+                .map(|s| s.row.keepalive_at.saturating_add(expire));
+            if current == Some(at) && !removed.contains(&address) {
+                tracing::info!(address, "subscriber expired (no keep-alive)");
+                metrics::counter!("shoal_multicast_subscribers_expired_total").increment(1);
+                removed.insert(address.clone());
+                batch.removals.push(address);
+                count -= 1;
+            }
+        }
+        for command in commands {
+            match command {
+                Command::Send {
+                    body,
+                    content_type,
+                    key,
+                    reply,
+                } => {
+                    if let Some((id, uid, _)) = key.as_ref().and_then(|k| self.idempotency.get(k)) {
+                        let accepted = Accepted {
+                            uid: uid.clone(),
+                            id: *id,
+                            recipients: 0,
+                            duplicate: true,
+                        };
+                        replies.push(Reply::Sent(reply, accepted));
+                        continue;
+                    }
+                    let size = body.len() as u64;
+                    if count > 0 && backlog + size > options.max_backlog_bytes {
+                        replies.push(Reply::SendRefused(
+                            reply,
+                            HubError::Busy(format!(
+                                "{backlog} bytes of messages are waiting for delivery (limit {})",
+                                options.max_backlog_bytes
+                            )),
+                        ));
+                        continue;
+                    }
+                    let id = batch.next_message_id;
+                    batch.next_message_id += 1;
+                    let uid = format!("msg_{}", uuid::Uuid::new_v4().simple());
+                    if let Some(k) = &key {
+                        self.idempotency.insert(k.clone(), (id, uid.clone(), now));
+                    }
+                    let row = MessageRow {
+                        id,
+                        uid: uid.clone(),
+                        body,
+                        content_type,
+                        accepted_at: now,
+                    };
+                    if count > 0 {
+                        backlog += size;
+                        new_messages.push(Arc::new(row.clone()));
+                    } else {
+                        metrics::counter!("shoal_multicast_messages_dropped_total").increment(1);
+                    }
+                    batch.messages.push((row, key));
+                    replies.push(Reply::Sent(
+                        reply,
+                        Accepted {
+                            uid,
+                            id,
+                            recipients: count,
+                            duplicate: false,
+                        },
+                    ));
+                }
+                Command::Register { address, reply } => {
+                    if is_registered(&address, &added, &removed) {
+                        kept_alive.push((address.clone(), now));
+                        let row = self.row_of(&address, &added, now);
+                        batch.upserts.push(row);
+                        replies.push(Reply::Done(reply));
+                    } else if count >= options.max_subscribers {
+                        replies.push(Reply::Refused(
+                            reply,
+                            HubError::Full(format!(
+                                "the hub has its maximum of {} subscribers",
+                                options.max_subscribers
+                            )),
+                        ));
+                    } else {
+                        // It receives what is accepted from now on.
+                        let row = SubscriberRow {
+                            address: address.clone(),
+                            registered_at: now,
+                            keepalive_at: now,
+                            first_message_id: batch.next_message_id,
+                            delivered_through: batch.next_message_id - 1,
+                        };
+                        removed.remove(&address);
+                        count += 1;
+                        batch.upserts.push(row.clone());
+                        added.push(row);
+                        replies.push(Reply::Done(reply));
+                    }
+                }
+                Command::Deregister { address, reply } => {
+                    if is_registered(&address, &added, &removed) {
+                        added.retain(|s| s.address != address);
+                        removed.insert(address.clone());
+                        batch.removals.push(address);
+                        count -= 1;
+                    }
+                    replies.push(Reply::Done(reply));
+                }
+                Command::Failure(row) => batch.failures.push(row),
+            }
+        }
+        // Cursor advances since the last flush.
+        {
+            let subs = self
+                .shared
+                .subscribers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for s in subs.values() {
+                let through = s.progress.delivered_through.load(Ordering::Acquire);
+                if through > s.progress.persisted_through.load(Ordering::Acquire)
+                    && !removed.contains(&s.row.address)
+                {
+                    batch.cursors.push((s.row.address.clone(), through));
+                }
+            }
+        }
+        if batch.is_empty() {
+            answer(replies);
+            return;
+        }
+        if let Err(err) = self.shared.store.commit(&batch).await {
+            tracing::error!(error = ?err, "commit failed; nothing of the batch was written");
+            for key in batch.messages.iter().filter_map(|(_, k)| k.as_ref()) {
+                self.idempotency.remove(key);
+            }
+            fail(replies, &format!("{err:#}"));
+            return;
+        }
+        // Applied only after the commit: nothing is visible or delivered before it is durable.
+        self.next_message_id = batch.next_message_id;
+        {
+            let mut messages = self
+                .shared
+                .messages
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for m in new_messages {
+                messages.insert(m.id, m);
+            }
+        }
+        self.shared.backlog_bytes.store(backlog, Ordering::Release);
+        {
+            let mut subs = self
+                .shared
+                .subscribers
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for address in &removed {
+                if let Some(s) = subs.remove(address) {
+                    s.cancel.cancel();
+                }
+            }
+            for (address, at) in &kept_alive {
+                if let Some(s) = subs.get_mut(address) {
+                    s.row.keepalive_at = *at;
+                    self.expiries
+                        .insert((at.saturating_add(expire), address.clone()));
+                }
+            }
+            for (address, through) in &batch.cursors {
+                if let Some(s) = subs.get(address) {
+                    s.progress
+                        .persisted_through
+                        .fetch_max(*through, Ordering::AcqRel);
+                }
+            }
+        }
+        for row in added {
+            tracing::info!(address = %row.address, "subscriber registered");
+            self.add_subscriber(row);
+        }
+        let accepted_messages = batch.messages.len();
+        if accepted_messages > 0 {
+            metrics::counter!("shoal_multicast_messages_accepted_total")
+                .increment(accepted_messages as u64);
+            self.shared.accepted.send_replace(batch.next_message_id - 1);
+        }
+        answer(replies);
+    }
+
+    fn row_of(&self, address: &str, added: &[SubscriberRow], now: i64) -> SubscriberRow {
+        let mut row = added
+            .iter()
+            .find(|s| s.address == address)
+            .cloned()
+            .or_else(|| {
+                self.shared
+                    .subscribers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(address)
+                    .map(|s| s.row.clone())
+            })
+            .unwrap_or(SubscriberRow {
+                address: address.to_owned(),
+                registered_at: now,
+                keepalive_at: now,
+                first_message_id: self.next_message_id,
+                delivered_through: self.next_message_id - 1,
+            });
+        row.keepalive_at = now;
+        row
+    }
+
+    /// Drops messages every subscriber has finished (from memory and the outbox), and old
+    /// idempotency keys and failure records.
+    async fn collect_garbage(&mut self) {
+        let (in_memory_floor, durable_floor) = {
+            let subs = self
+                .shared
+                .subscribers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let floor = |f: &dyn Fn(&Progress) -> u64| {
+                subs.values()
+                    .map(|s| f(&s.progress) + 1)
+                    .min()
+                    .unwrap_or(self.next_message_id)
+            };
+            (
+                floor(&|p| p.delivered_through.load(Ordering::Acquire)),
+                floor(&|p| p.persisted_through.load(Ordering::Acquire)),
+            )
+        };
+        {
+            let mut messages = self
+                .shared
+                .messages
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let keep = messages.split_off(&in_memory_floor);
+            let freed: u64 = messages.values().map(|m| m.body.len() as u64).sum();
+            *messages = keep;
+            self.shared.backlog_bytes.fetch_sub(
+                freed.min(self.shared.backlog_bytes.load(Ordering::Acquire)),
+                Ordering::AcqRel,
+            );
+        }
+        let now = now_ms();
+        let idempotency_before =
+            now.saturating_sub(millis(self.shared.options.idempotency_retention));
+        self.idempotency
+            .retain(|_, (_, _, at)| *at >= idempotency_before);
+        let failures_before = now.saturating_sub(millis(self.shared.options.failure_retention));
+        if let Err(err) = self
+            .shared
+            .store
+            .collect_garbage(durable_floor, idempotency_before, failures_before)
+            .await
+        {
+            tracing::warn!(error = %err, "outbox clean-up failed; will retry");
+        }
+    }
+}
+
+fn answer(replies: Vec<Reply>) {
+    for reply in replies {
+        match reply {
+            Reply::Sent(tx, accepted) => {
+                let _ = tx.send(Ok(accepted));
+            }
+            Reply::Done(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Reply::Refused(tx, err) => {
+                let _ = tx.send(Err(err));
+            }
+            Reply::SendRefused(tx, err) => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+}
+
+fn fail(replies: Vec<Reply>, reason: &str) {
+    for reply in replies {
+        match reply {
+            Reply::Sent(tx, _) | Reply::SendRefused(tx, _) => {
+                let _ = tx.send(Err(HubError::Storage(reason.to_owned())));
+            }
+            Reply::Done(tx) | Reply::Refused(tx, _) => {
+                let _ = tx.send(Err(HubError::Storage(reason.to_owned())));
+            }
+        }
+    }
+}
+
+/// How one delivery attempt ended.
+enum Attempt {
+    Delivered(u16),
+    Retry { status: Option<u16>, error: String },
+    Permanent { status: Option<u16>, error: String },
+}
+
+/// A subscriber's delivery task: messages after its cursor, one at a time, in order.
+async fn deliver_loop(
+    shared: Arc<Shared>,
+    address: Address,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) {
+    let mut accepted = shared.accepted.subscribe();
+    loop {
+        let last = *accepted.borrow_and_update();
+        let next = progress.delivered_through.load(Ordering::Acquire) + 1;
+        if next > last {
+            tokio::select! {
+                changed = accepted.changed() => if changed.is_err() { return },
+                () = cancel.cancelled() => return,
+            }
+            continue;
+        }
+        let message = shared
+            .messages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&next)
+            .cloned();
+        let Some(message) = message else {
+            // Accepted while nobody (or not this subscriber) was registered: nothing to send.
+            progress.delivered_through.store(next, Ordering::Release);
+            continue;
+        };
+        if !deliver_with_retries(&shared, &address, &message, &progress, &cancel).await {
+            return;
+        }
+        progress.delivered_through.store(next, Ordering::Release);
+    }
+}
+
+/// Delivers one message until it succeeds or finally fails. Returns false when cancelled.
+async fn deliver_with_retries(
+    shared: &Shared,
+    address: &Address,
+    message: &MessageRow,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> bool {
+    let options = &shared.options;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let attempt = {
+            let Ok(_permit) = shared.in_flight.acquire().await else {
+                return false;
+            };
+            tokio::select! {
+                a = attempt_once(shared, address, message) => a,
+                () = cancel.cancelled() => return false,
+            }
+        };
+        let now = now_ms();
+        let outcome = |result, status, error| Outcome {
+            message_id: message.id,
+            uid: message.uid.clone(),
+            result,
+            attempts,
+            status,
+            error,
+            at: rfc3339(now),
+        };
+        let (status, error, permanent) = match attempt {
+            Attempt::Delivered(status) => {
+                metrics::counter!("shoal_multicast_deliveries_total", "result" => "delivered")
+                    .increment(1);
+                progress.record(outcome("delivered", Some(status), None));
+                return true;
+            }
+            Attempt::Retry { status, error } => (status, error, false),
+            Attempt::Permanent { status, error } => (status, error, true),
+        };
+        let too_old = now.saturating_sub(message.accepted_at) > millis(options.max_retry_age);
+        if permanent || attempts >= options.max_attempts || too_old {
+            let why = if permanent {
+                error.clone()
+            } else {
+                format!("gave up after {attempts} attempts: {error}")
+            };
+            tracing::warn!(address = %address, message = %message.uid, error = %why, "delivery failed");
+            metrics::counter!("shoal_multicast_deliveries_total", "result" => "failed")
+                .increment(1);
+            progress.record(outcome("failed", status, Some(why.clone())));
+            let failure = FailureRow {
+                address: address.to_string(),
+                message_id: message.id,
+                uid: message.uid.clone(),
+                attempts,
+                error: why,
+                failed_at: now,
+            };
+            // Recorded by the writer; if the hub is stopping, the cursor is not advanced and
+            // the message is tried again after the restart.
+            if shared
+                .commands
+                .send(Command::Failure(failure))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            return true;
+        }
+        metrics::counter!("shoal_multicast_delivery_retries_total").increment(1);
+        progress.record(outcome("retrying", status, Some(error)));
+        let delay = backoff(options.retry_initial, options.retry_max, attempts);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return false,
+        }
+    }
+}
+
+/// `initial × 2^(attempt-1)`, capped at `max`, scaled by a random factor in [0.75, 1.25) so
+/// subscribers that failed together do not retry together.
+fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let base = exp.min(max);
+    let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
+    base.mul_f64(jitter)
+}
+
+async fn attempt_once(shared: &Shared, address: &Address, message: &MessageRow) -> Attempt {
+    // reqwest resolves names through the guard at connect time; IP literals never reach a
+    // resolver, so they are checked here.
+    if let Host::Ip(_) = address.host()
+        && let Err(err) = shared.guard.check(address).await
+    {
+        return Attempt::Permanent {
+            status: None,
+            error: format!("address refused: {err}"),
+        };
+    }
+    let timestamp = now_ms() / 1000;
+    let mut request = shared
+        .client
+        .post(address.url("/event"))
+        .header("webhook-id", &message.uid)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            message
+                .content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream"),
+        )
+        .body(message.body.clone());
+    if let Some(secret) = &shared.options.signing {
+        request = request.header(
+            crate::signing::SIGNATURE_HEADER,
+            secret.sign(&message.uid, timestamp, &message.body),
+        );
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            // Read (a bounded amount of) the answer so the connection can be reused.
+            drain(response).await;
+            let code = status.as_u16();
+            if status.is_success() {
+                Attempt::Delivered(code)
+            } else if status.is_server_error() || code == 429 || code == 408 {
+                Attempt::Retry {
+                    status: Some(code),
+                    error: format!("subscriber answered {status}"),
+                }
+            } else {
+                Attempt::Permanent {
+                    status: Some(code),
+                    error: format!("subscriber answered {status}"),
+                }
+            }
+        }
+        Err(err) => {
+            if refused_by_guard(&err) {
+                Attempt::Permanent {
+                    status: None,
+                    error: format!("address refused: {}", error_chain(&err)),
+                }
+            } else {
+                Attempt::Retry {
+                    status: None,
+                    error: error_chain(&err),
+                }
+            }
+        }
+    }
+}
+
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > 64 * 1024 {
+            break;
+        }
+    }
+}
+
+fn refused_by_guard(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<GuardError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let i = Duration::from_secs(1);
+        let m = Duration::from_secs(300);
+        for attempt in 1..=12 {
+            let d = backoff(i, m, attempt);
+            let base = (i * 2u32.pow(attempt - 1)).min(m);
+            assert!(
+                d >= base.mul_f64(0.75) && d < base.mul_f64(1.25),
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(backoff(i, m, 40) <= m.mul_f64(1.25));
+    }
+}
