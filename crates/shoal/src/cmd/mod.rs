@@ -2,6 +2,7 @@
 
 mod bench;
 mod kv;
+mod multicast;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ pub enum Command {
     Up(up::Args),
     /// Key-value store for configuration and service discovery.
     Kv(shoal_kv::Config),
+    /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
+    Multicast(multicast::Args),
     /// Load generators: measure a service's throughput and latency.
     Bench(bench::Args),
 }
@@ -33,6 +36,7 @@ impl Command {
         match self {
             Self::Up(args) => args.log_format,
             Self::Kv(config) => config.common.log_format,
+            Self::Multicast(args) => args.log_format(),
             Self::Bench(_) => LogFormat::Text,
         }
     }
@@ -42,6 +46,7 @@ impl Command {
         match self {
             Self::Up(args) => up::run(args).await,
             Self::Kv(config) => kv::run(config).await,
+            Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
         }
     }
