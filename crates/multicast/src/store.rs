@@ -352,8 +352,9 @@ mod postgres_queries {
 pub enum Store {
     /// One SQLite connection, holding the file's exclusive lock.
     Sqlite(Arc<Mutex<SqliteConnection>>),
-    /// A pool on a PostgreSQL database.
-    Postgres(PgPool),
+    /// A pool on a PostgreSQL database, and the connection holding the advisory lock that
+    /// makes this hub the database's only one.
+    Postgres(PgPool, Arc<Mutex<sqlx::PgConnection>>),
 }
 
 impl Store {
@@ -408,14 +409,25 @@ impl Store {
             .run(&pool)
             .await
             .context("cannot migrate the multicast schema")?;
-        Ok(Self::Postgres(pool))
+        // Held for the life of the hub: the session lock goes when this connection does.
+        let mut lock = pool.acquire().await?.detach();
+        let (locked,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtext('shoal_multicast'))")
+                .fetch_one(&mut lock)
+                .await?;
+        if !locked {
+            anyhow::bail!(
+                "another shoal multicast is using this database (two hubs on one outbox would deliver everything twice)"
+            );
+        }
+        Ok(Self::Postgres(pool, Arc::new(Mutex::new(lock))))
     }
 
     /// Loads subscribers, undelivered messages and idempotency keys newer than `since` (ms).
     pub async fn load(&self, idempotency_since: i64) -> anyhow::Result<Loaded> {
         match self {
             Self::Sqlite(c) => sqlite_queries::load(&mut *c.lock().await, idempotency_since).await,
-            Self::Postgres(p) => {
+            Self::Postgres(p, _) => {
                 postgres_queries::load(&mut *p.acquire().await?, idempotency_since).await
             }
         }
@@ -425,7 +437,7 @@ impl Store {
     pub async fn commit(&self, batch: &Batch) -> anyhow::Result<()> {
         match self {
             Self::Sqlite(c) => sqlite_queries::commit(&mut *c.lock().await, batch).await,
-            Self::Postgres(p) => postgres_queries::commit(&mut *p.acquire().await?, batch).await,
+            Self::Postgres(p, _) => postgres_queries::commit(&mut *p.acquire().await?, batch).await,
         }
     }
 
@@ -447,7 +459,7 @@ impl Store {
                 )
                 .await
             }
-            Self::Postgres(p) => {
+            Self::Postgres(p, _) => {
                 postgres_queries::collect_garbage(
                     &mut *p.acquire().await?,
                     messages_before,
@@ -467,7 +479,7 @@ impl Store {
     ) -> anyhow::Result<Vec<FailureRow>> {
         match self {
             Self::Sqlite(c) => sqlite_queries::failures(&mut *c.lock().await, address, limit).await,
-            Self::Postgres(p) => {
+            Self::Postgres(p, _) => {
                 postgres_queries::failures(&mut *p.acquire().await?, address, limit).await
             }
         }
@@ -481,7 +493,7 @@ impl Store {
                     .execute(&mut *c.lock().await)
                     .await?;
             }
-            Self::Postgres(p) => {
+            Self::Postgres(p, _) => {
                 sqlx::query("SELECT 1").execute(p).await?;
             }
         }

@@ -326,3 +326,49 @@ async fn a_partial_upload_is_not_sent() {
     assert_eq!(sub.bodies(), ["complete"]);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_max_retry_age() {
+    let storage = Storage::sqlite();
+    let hub = Hub::start(&storage, |c| c.max_retry_age = Duration::from_millis(300)).await;
+    let sub = Subscriber::start(Behaviour::Always(500)).await;
+    hub.register(&sub.address()).await;
+    hub.send("too late").await;
+    eventually(
+        Duration::from_secs(5),
+        "the failure is recorded",
+        async || {
+            hub.deliveries(&sub.address()).await["failures"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        },
+    )
+    .await;
+    let attempts = sub.attempts();
+    assert!(
+        (2..20).contains(&attempts),
+        "{attempts} attempts within 300 ms of age"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sub.attempts(), attempts, "no attempt after giving up");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_hub_on_the_same_database_is_refused() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let hub = Hub::start(&storage, |_| {}).await;
+    let err = shoal_multicast::open_store(&storage.config())
+        .await
+        .expect_err("a second hub must not share the outbox");
+    assert!(
+        format!("{err:#}").contains("another shoal multicast"),
+        "{err:#}"
+    );
+    hub.stop().await;
+    // Once the first is gone, a new one may take over.
+    let hub = Hub::start(&storage, |_| {}).await;
+    hub.stop().await;
+}
