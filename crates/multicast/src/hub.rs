@@ -451,7 +451,8 @@ impl Writer {
                 tracing::error!(address = %row.address, error = %err, "stored address no longer parses; not delivering")
             }
         }
-        self.shared
+        let replaced = self
+            .shared
             .subscribers
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -463,6 +464,9 @@ impl Writer {
                     cancel,
                 },
             );
+        if let Some(old) = replaced {
+            old.cancel.cancel();
+        }
     }
 
     async fn run(mut self) {
@@ -520,8 +524,11 @@ impl Writer {
         };
         let mut replies = Vec::new();
         let mut new_messages: Vec<Arc<MessageRow>> = Vec::new();
-        let mut added: Vec<SubscriberRow> = Vec::new();
-        let mut kept_alive: Vec<(String, i64)> = Vec::new();
+        // Per address, the last word of this batch: rows to write (one per address, as one
+        // multi-row upsert requires), subscribers new in this batch, keep-alives, removals.
+        let mut upserts: BTreeMap<String, SubscriberRow> = BTreeMap::new();
+        let mut added: BTreeMap<String, SubscriberRow> = BTreeMap::new();
+        let mut kept_alive: BTreeSet<String> = BTreeSet::new();
         let mut removed: BTreeSet<String> = BTreeSet::new();
         let mut backlog = self.shared.backlog_bytes.load(Ordering::Acquire);
         let (mut count, registered): (usize, BTreeSet<String>) = {
@@ -532,9 +539,10 @@ impl Writer {
                 .unwrap_or_else(|e| e.into_inner());
             (subs.len(), subs.keys().cloned().collect())
         };
-        let is_registered = |a: &str, added: &[SubscriberRow], removed: &BTreeSet<String>| {
-            (registered.contains(a) || added.iter().any(|s| s.address == a)) && !removed.contains(a)
-        };
+        let is_registered =
+            |a: &str, added: &BTreeMap<String, SubscriberRow>, removed: &BTreeSet<String>| {
+                added.contains_key(a) || (registered.contains(a) && !removed.contains(a))
+            };
         // Expiries first: they were due before these commands arrived.
         while let Some((at, _)) = self.expiries.first() {
             if *at > now {
@@ -553,8 +561,7 @@ impl Writer {
             if current == Some(at) && !removed.contains(&address) {
                 tracing::info!(address, "subscriber expired (no keep-alive)");
                 metrics::counter!("shoal_multicast_subscribers_expired_total").increment(1);
-                removed.insert(address.clone());
-                batch.removals.push(address);
+                removed.insert(address);
                 count -= 1;
             }
         }
@@ -618,10 +625,14 @@ impl Writer {
                     ));
                 }
                 Command::Register { address, reply } => {
-                    if is_registered(&address, &added, &removed) {
-                        kept_alive.push((address.clone(), now));
-                        let row = self.row_of(&address, &added, now);
-                        batch.upserts.push(row);
+                    if let Some(row) = added.get_mut(&address) {
+                        row.keepalive_at = now;
+                        upserts.insert(address, row.clone());
+                        replies.push(Reply::Done(reply));
+                    } else if is_registered(&address, &added, &removed) {
+                        let row = self.kept_alive_row(&address, now);
+                        kept_alive.insert(address.clone());
+                        upserts.insert(address, row);
                         replies.push(Reply::Done(reply));
                     } else if count >= options.max_subscribers {
                         replies.push(Reply::Refused(
@@ -640,25 +651,30 @@ impl Writer {
                             first_message_id: batch.next_message_id,
                             delivered_through: batch.next_message_id - 1,
                         };
-                        removed.remove(&address);
                         count += 1;
-                        batch.upserts.push(row.clone());
-                        added.push(row);
+                        upserts.insert(address.clone(), row.clone());
+                        added.insert(address, row);
                         replies.push(Reply::Done(reply));
                     }
                 }
                 Command::Deregister { address, reply } => {
                     if is_registered(&address, &added, &removed) {
-                        added.retain(|s| s.address != address);
-                        removed.insert(address.clone());
-                        batch.removals.push(address);
                         count -= 1;
+                        upserts.remove(&address);
+                        kept_alive.remove(&address);
+                        if added.remove(&address).is_none() || registered.contains(&address) {
+                            removed.insert(address);
+                        }
                     }
                     replies.push(Reply::Done(reply));
                 }
                 Command::Failure(row) => batch.failures.push(row),
             }
         }
+        // Removals are written before upserts, so an address removed and registered again in
+        // this batch ends up with a fresh row.
+        batch.removals = removed.iter().cloned().collect();
+        batch.upserts = upserts.into_values().collect();
         // Cursor advances since the last flush.
         {
             let subs = self
@@ -711,11 +727,11 @@ impl Writer {
                     s.cancel.cancel();
                 }
             }
-            for (address, at) in &kept_alive {
+            for address in &kept_alive {
                 if let Some(s) = subs.get_mut(address) {
-                    s.row.keepalive_at = *at;
+                    s.row.keepalive_at = now;
                     self.expiries
-                        .insert((at.saturating_add(expire), address.clone()));
+                        .insert((now.saturating_add(expire), address.clone()));
                 }
             }
             for (address, through) in &batch.cursors {
@@ -726,7 +742,7 @@ impl Writer {
                 }
             }
         }
-        for row in added {
+        for row in added.into_values() {
             tracing::info!(address = %row.address, "subscriber registered");
             self.add_subscriber(row);
         }
@@ -739,26 +755,23 @@ impl Writer {
         answer(replies);
     }
 
-    fn row_of(&self, address: &str, added: &[SubscriberRow], now: i64) -> SubscriberRow {
-        let mut row = added
-            .iter()
-            .find(|s| s.address == address)
-            .cloned()
-            .or_else(|| {
-                self.shared
-                    .subscribers
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(address)
-                    .map(|s| s.row.clone())
-            })
-            .unwrap_or(SubscriberRow {
+    /// The stored row of a registered subscriber, with a new keep-alive time.
+    fn kept_alive_row(&self, address: &str, now: i64) -> SubscriberRow {
+        let subs = self
+            .shared
+            .subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut row = subs.get(address).map_or_else(
+            || SubscriberRow {
                 address: address.to_owned(),
                 registered_at: now,
                 keepalive_at: now,
                 first_message_id: self.next_message_id,
                 delivered_through: self.next_message_id - 1,
-            });
+            },
+            |s| s.row.clone(),
+        );
         row.keepalive_at = now;
         row
     }

@@ -92,9 +92,9 @@ pub struct Loaded {
 pub struct Batch {
     /// New messages, with their idempotency keys.
     pub messages: Vec<(MessageRow, Option<String>)>,
-    /// Subscribers registered or kept alive.
+    /// Subscribers registered or kept alive (one row per address), written after `removals`.
     pub upserts: Vec<SubscriberRow>,
-    /// Subscribers removed (deregistered or expired).
+    /// Subscribers removed (deregistered or expired), written first.
     pub removals: Vec<String>,
     /// Cursor advances: address, delivered through.
     pub cursors: Vec<(String, u64)>,
@@ -219,6 +219,15 @@ macro_rules! queries {
                     q.build().execute(&mut *tx).await?;
                 }
             }
+            for chunk in batch.removals.chunks(CHUNK) {
+                let mut q = QueryBuilder::<$db>::new("DELETE FROM mc_subscribers WHERE address IN (");
+                let mut list = q.separated(", ");
+                for address in chunk {
+                    list.push_bind(address);
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
             for chunk in batch.upserts.chunks(CHUNK) {
                 let mut q = QueryBuilder::<$db>::new(
                     "INSERT INTO mc_subscribers \
@@ -232,15 +241,6 @@ macro_rules! queries {
                         .push_bind(signed(s.delivered_through));
                 });
                 q.push(" ON CONFLICT (address) DO UPDATE SET keepalive_at = excluded.keepalive_at");
-                q.build().execute(&mut *tx).await?;
-            }
-            for chunk in batch.removals.chunks(CHUNK) {
-                let mut q = QueryBuilder::<$db>::new("DELETE FROM mc_subscribers WHERE address IN (");
-                let mut list = q.separated(", ");
-                for address in chunk {
-                    list.push_bind(address);
-                }
-                q.push(")");
                 q.build().execute(&mut *tx).await?;
             }
             for (address, through) in &batch.cursors {

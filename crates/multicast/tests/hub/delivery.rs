@@ -32,7 +32,59 @@ macro_rules! on_both_backends {
 on_both_backends!(
     every_subscriber_gets_every_message_once_in_order,
     registrations_and_undelivered_messages_survive_a_restart,
+    racing_registrations_leave_one_consistent_subscriber,
 );
+
+/// Registrations, keep-alives and deregistrations of one address racing each other land in
+/// the same batches; whatever the interleaving, the end state is one subscriber with one
+/// delivery task, stored as it is in memory.
+async fn racing_registrations_leave_one_consistent_subscriber(storage: Storage) {
+    let hub = Hub::start(&storage, |_| {}).await;
+    let sub = Subscriber::start(Behaviour::Accept).await;
+    let address = sub.address();
+    for _round in 0..5 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let client = hub.client.clone();
+            let base = hub.server.base_url.clone();
+            let address = address.clone();
+            calls.spawn(async move {
+                let request = if i % 3 == 2 {
+                    client.delete(format!("{base}/deregister"))
+                } else {
+                    client.post(format!("{base}/registerAndKeepAlive"))
+                };
+                let r = request
+                    .query(&[("address", &address)])
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(r.status(), 200);
+            });
+        }
+        while let Some(r) = calls.join_next().await {
+            r.expect("call");
+        }
+    }
+    hub.register(&address).await;
+    for i in 0..10 {
+        hub.send(format!("{i}")).await;
+    }
+    sub.wait_for(10, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(
+        sub.bodies(),
+        expected,
+        "exactly once: one delivery task per address"
+    );
+    hub.stop().await;
+    let hub = Hub::start(&storage, |_| {}).await;
+    let list = hub.call(Method::GET, "/listSubscribers").await.1;
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with(&address), "{list}");
+    hub.stop().await;
+}
 
 async fn every_subscriber_gets_every_message_once_in_order(storage: Storage) {
     let hub = Hub::start(&storage, |_| {}).await;
