@@ -2,8 +2,9 @@
 //!
 //! # Design
 //!
-//! A scenario ([`Scenario`]) describes what to send; today there is one, `kv`. Each run is a
-//! closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
+//! A scenario ([`Scenario`]) describes what to send: `kv` (below) or `multicast` (fan-out
+//! through a multicast hub to subscribers the bench runs itself; see [`multicast`]). A kv run
+//! is a closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
 //! requests back to back until the deadline. An operation is drawn by the `--mix` weights
 //! and a key uniformly from `--keys`, with a per-task xorshift generator (no shared state,
 //! no `rand` dependency). Every task records latencies (µs) into its own HDR histograms,
@@ -62,6 +63,7 @@
 //!
 //! # Layout
 //! - [`kv`]: the kv scenario's flags and orchestration (servers, preload, rounds).
+//! - [`multicast`]: the multicast scenario: subscribers, senders, the baseline, its report.
 //! - [`load`]: the load loop and the statistics it collects.
 //! - [`mix`]: the operation mix.
 //! - [`report`]: the plain-text report, medians and ratios.
@@ -70,9 +72,13 @@ mod client;
 pub mod kv;
 pub mod load;
 pub mod mix;
+pub mod multicast;
 pub mod report;
 
+use std::fmt;
+
 pub use crate::kv::KvArgs;
+pub use crate::multicast::{MulticastArgs, MulticastReport};
 pub use crate::report::Report;
 
 /// Flags of `shoal bench`: which scenario to run.
@@ -88,6 +94,54 @@ pub struct Args {
 pub enum Scenario {
     /// Gets and sets against a kv store (an in-process one unless --target is given).
     Kv(KvArgs),
+    /// Messages fanned out by a multicast hub (an in-process one unless --target is given) to
+    /// subscribers the bench runs, optionally next to the same deliveries made directly.
+    Multicast(MulticastArgs),
+}
+
+/// What a scenario measured: its report.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// `shoal bench kv`.
+    Kv(Report),
+    /// `shoal bench multicast`.
+    Multicast(MulticastReport),
+}
+
+impl Outcome {
+    /// Fails when the measurements say the run failed (see [`Report::check`] and
+    /// [`MulticastReport::check`]).
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self {
+            Outcome::Kv(report) => report.check(),
+            Outcome::Multicast(report) => report.check(),
+        }
+    }
+
+    /// The kv report, if this was the kv scenario.
+    pub fn into_kv(self) -> Option<Report> {
+        match self {
+            Outcome::Kv(report) => Some(report),
+            Outcome::Multicast(_) => None,
+        }
+    }
+
+    /// The multicast report, if this was the multicast scenario.
+    pub fn into_multicast(self) -> Option<MulticastReport> {
+        match self {
+            Outcome::Multicast(report) => Some(report),
+            Outcome::Kv(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Kv(report) => report.fmt(f),
+            Outcome::Multicast(report) => report.fmt(f),
+        }
+    }
 }
 
 /// Measures the chosen scenario and prints its report to stdout. Fails when a server cannot
@@ -99,8 +153,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Measures the chosen scenario and returns the report without printing it.
-pub async fn measure(args: &Args) -> anyhow::Result<Report> {
+pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
     match &args.scenario {
-        Scenario::Kv(kv) => kv::measure(kv).await,
+        Scenario::Kv(kv) => kv::measure(kv).await.map(Outcome::Kv),
+        Scenario::Multicast(multicast) => {
+            multicast::measure(multicast).await.map(Outcome::Multicast)
+        }
     }
 }

@@ -72,7 +72,7 @@ impl Spread {
 
 /// The middle of `values` in `cmp` order, or `halfway` between the two middle ones for an
 /// even count; `None` when empty.
-fn median_by<T: Copy>(
+pub(crate) fn median_by<T: Copy>(
     mut values: Vec<T>,
     cmp: impl FnMut(&T, &T) -> Ordering,
     halfway: impl FnOnce(T, T) -> T,
@@ -86,7 +86,7 @@ fn median_by<T: Copy>(
     }
 }
 
-fn median_duration(values: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
+pub(crate) fn median_duration(values: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
     median_by(values.flatten().collect(), Ord::cmp, |a, b| (a + b) / 2)
 }
 
@@ -186,7 +186,7 @@ impl Report {
     }
 }
 
-fn ms(d: Option<Duration>) -> String {
+pub(crate) fn ms(d: Option<Duration>) -> String {
     d.map_or_else(
         || "-".to_owned(),
         |d| format!("{:.2}", d.as_secs_f64() * 1e3),

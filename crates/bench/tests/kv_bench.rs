@@ -34,7 +34,10 @@ async fn kv_scenario_with_baseline_runs_alternating_rounds() -> anyhow::Result<(
         "get=80,set=20",
     ])?;
     let started = Instant::now();
-    let report = shoal_bench::measure(&cli.bench).await?;
+    let report = shoal_bench::measure(&cli.bench)
+        .await?
+        .into_kv()
+        .expect("a kv report");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -101,7 +104,10 @@ async fn rounds_without_baseline_repeat_the_target() -> anyhow::Result<()> {
         "--mix",
         "set=1",
     ])?;
-    let report = shoal_bench::measure(&cli.bench).await?;
+    let report = shoal_bench::measure(&cli.bench)
+        .await?
+        .into_kv()
+        .expect("a kv report");
     report.check()?;
     let order: Vec<(usize, &str)> = report
         .measurements
