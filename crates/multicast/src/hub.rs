@@ -21,8 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::address::{Address, Host};
-use crate::guard::{Guard, GuardError, GuardedResolve};
+use crate::address::Address;
+use crate::guard::{Guard, GuardError};
 use crate::signing::SigningSecret;
 use crate::store::{Batch, FailureRow, MessageRow, Store, SubscriberRow};
 
@@ -126,18 +126,44 @@ pub struct Outcome {
     pub at: String,
 }
 
+/// An outcome as recorded on the delivery path: the timestamp is formatted only when shown.
+#[derive(Clone, Debug)]
+struct Recorded {
+    message_id: u64,
+    uid: String,
+    result: &'static str,
+    attempts: u32,
+    status: Option<u16>,
+    error: Option<String>,
+    at: i64,
+}
+
+impl Recorded {
+    fn view(&self) -> Outcome {
+        Outcome {
+            message_id: self.message_id,
+            uid: self.uid.clone(),
+            result: self.result,
+            attempts: self.attempts,
+            status: self.status,
+            error: self.error.clone(),
+            at: rfc3339(self.at),
+        }
+    }
+}
+
 /// A subscriber's delivery progress, shared between its task, the writer and the API.
 #[derive(Debug, Default)]
 struct Progress {
     delivered_through: AtomicU64,
     persisted_through: AtomicU64,
-    recent: Mutex<VecDeque<Outcome>>,
+    recent: Mutex<VecDeque<Recorded>>,
 }
 
 const RECENT_OUTCOMES: usize = 100;
 
 impl Progress {
-    fn record(&self, outcome: Outcome) {
+    fn record(&self, outcome: Recorded) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_OUTCOMES {
             recent.pop_front();
@@ -196,8 +222,10 @@ struct Shared {
     options: HubOptions,
     store: Store,
     guard: Arc<Guard>,
-    client: reqwest::Client,
     commands: mpsc::Sender<Command>,
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    retried: metrics::Counter,
     subscribers: RwLock<BTreeMap<String, Subscriber>>,
     /// Accepted messages some subscriber has not finished yet.
     messages: RwLock<BTreeMap<u64, Arc<MessageRow>>>,
@@ -254,20 +282,6 @@ impl Hub {
         options: HubOptions,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        shoal_core::client::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolve::new(guard.clone())))
-            // Never follow a subscriber's redirect (it could point anywhere), and never go
-            // through a proxy (it would connect on our behalf, past the guard).
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(options.delivery_timeout)
-            .connect_timeout(options.delivery_timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2)
-            .tcp_nodelay(true)
-            .user_agent(concat!("shoal-multicast/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let since = now_ms().saturating_sub(millis(options.idempotency_retention));
         let loaded = store.load(since).await?;
         let (commands, receiver) = mpsc::channel(MAX_BATCH);
@@ -284,8 +298,10 @@ impl Hub {
             options,
             store,
             guard,
-            client,
             commands,
+            delivered: metrics::counter!("shoal_multicast_deliveries_total", "result" => "delivered"),
+            failed: metrics::counter!("shoal_multicast_deliveries_total", "result" => "failed"),
+            retried: metrics::counter!("shoal_multicast_delivery_retries_total"),
             subscribers: RwLock::new(BTreeMap::new()),
             messages: RwLock::new(messages),
             backlog_bytes: AtomicU64::new(backlog),
@@ -395,7 +411,7 @@ impl Hub {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .iter()
-                            .cloned()
+                            .map(Recorded::view)
                             .collect()
                     } else {
                         Vec::new()
@@ -866,6 +882,78 @@ enum Attempt {
     Permanent { status: Option<u16>, error: String },
 }
 
+/// A subscriber's own HTTP/1.1 connection. Each subscriber has one delivery in flight at a
+/// time, so a dedicated keep-alive connection is all it needs: no pool, no per-request URL
+/// parsing. Every new connection goes through the guard first (the name is resolved and
+/// every address checked then), so a name re-pointed at a forbidden address is caught on the
+/// next connect.
+struct Link {
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>>,
+    host: axum::http::HeaderValue,
+}
+
+impl Link {
+    fn new(address: &Address) -> Self {
+        let host = axum::http::HeaderValue::from_str(&address.to_string())
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("localhost"));
+        Self { sender: None, host }
+    }
+
+    /// Connects (through the guard) unless a live connection is at hand. Returns whether the
+    /// connection was reused.
+    async fn ready(&mut self, shared: &Shared, address: &Address) -> Result<bool, Attempt> {
+        if let Some(sender) = &mut self.sender {
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Ok(true);
+            }
+            self.sender = None;
+        }
+        let addrs = shared.guard.check(address).await.map_err(|err| match err {
+            GuardError::Resolve { .. } | GuardError::NoAddresses(_) => Attempt::Retry {
+                status: None,
+                error: err.to_string(),
+            },
+            _ => Attempt::Permanent {
+                status: None,
+                error: format!("address refused: {err}"),
+            },
+        })?;
+        let connect_timeout = shared.options.delivery_timeout.min(Duration::from_secs(5));
+        let stream =
+            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addrs[..]))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    return Err(Attempt::Retry {
+                        status: None,
+                        error: format!("cannot connect to {address}: {err}"),
+                    });
+                }
+                Err(_) => {
+                    return Err(Attempt::Retry {
+                        status: None,
+                        error: format!("connecting to {address} timed out"),
+                    });
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|err| Attempt::Retry {
+                    status: None,
+                    error: format!("HTTP handshake with {address} failed: {err}"),
+                })?;
+        // Drives the connection; ends when the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        self.sender = Some(sender);
+        Ok(false)
+    }
+}
+
 /// A subscriber's delivery task: messages after its cursor, one at a time, in order.
 async fn deliver_loop(
     shared: Arc<Shared>,
@@ -874,6 +962,7 @@ async fn deliver_loop(
     cancel: CancellationToken,
 ) {
     let mut accepted = shared.accepted.subscribe();
+    let mut link = Link::new(&address);
     loop {
         let last = *accepted.borrow_and_update();
         let next = progress.delivered_through.load(Ordering::Acquire) + 1;
@@ -895,7 +984,7 @@ async fn deliver_loop(
             progress.delivered_through.store(next, Ordering::Release);
             continue;
         };
-        if !deliver_with_retries(&shared, &address, &message, &progress, &cancel).await {
+        if !deliver_with_retries(&shared, &address, &mut link, &message, &progress, &cancel).await {
             return;
         }
         progress.delivered_through.store(next, Ordering::Release);
@@ -906,6 +995,7 @@ async fn deliver_loop(
 async fn deliver_with_retries(
     shared: &Shared,
     address: &Address,
+    link: &mut Link,
     message: &MessageRow,
     progress: &Progress,
     cancel: &CancellationToken,
@@ -919,24 +1009,23 @@ async fn deliver_with_retries(
                 return false;
             };
             tokio::select! {
-                a = attempt_once(shared, address, message) => a,
+                a = attempt_once(shared, address, link, message) => a,
                 () = cancel.cancelled() => return false,
             }
         };
         let now = now_ms();
-        let outcome = |result, status, error| Outcome {
+        let outcome = |result, status, error| Recorded {
             message_id: message.id,
             uid: message.uid.clone(),
             result,
             attempts,
             status,
             error,
-            at: rfc3339(now),
+            at: now,
         };
         let (status, error, permanent) = match attempt {
             Attempt::Delivered(status) => {
-                metrics::counter!("shoal_multicast_deliveries_total", "result" => "delivered")
-                    .increment(1);
+                shared.delivered.increment(1);
                 progress.record(outcome("delivered", Some(status), None));
                 return true;
             }
@@ -951,8 +1040,7 @@ async fn deliver_with_retries(
                 format!("gave up after {attempts} attempts: {error}")
             };
             tracing::warn!(address = %address, message = %message.uid, error = %why, "delivery failed");
-            metrics::counter!("shoal_multicast_deliveries_total", "result" => "failed")
-                .increment(1);
+            shared.failed.increment(1);
             progress.record(outcome("failed", status, Some(why.clone())));
             let failure = FailureRow {
                 address: address.to_string(),
@@ -974,7 +1062,7 @@ async fn deliver_with_retries(
             }
             return true;
         }
-        metrics::counter!("shoal_multicast_delivery_retries_total").increment(1);
+        shared.retried.increment(1);
         progress.record(outcome("retrying", status, Some(error)));
         let delay = backoff(options.retry_initial, options.retry_max, attempts);
         tokio::select! {
@@ -993,103 +1081,125 @@ fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
-async fn attempt_once(shared: &Shared, address: &Address, message: &MessageRow) -> Attempt {
-    // reqwest resolves names through the guard at connect time; IP literals never reach a
-    // resolver, so they are checked here.
-    if let Host::Ip(_) = address.host()
-        && let Err(err) = shared.guard.check(address).await
-    {
-        return Attempt::Permanent {
-            status: None,
-            error: format!("address refused: {err}"),
+async fn attempt_once(
+    shared: &Shared,
+    address: &Address,
+    link: &mut Link,
+    message: &MessageRow,
+) -> Attempt {
+    // A reused connection may have been closed by the subscriber while idle; that is no
+    // failure of the subscriber, so it gets one immediate try on a fresh connection.
+    for _ in 0..2 {
+        let reused = match link.ready(shared, address).await {
+            Ok(reused) => reused,
+            Err(attempt) => return attempt,
         };
+        match send(shared, link, message).await {
+            Ok(attempt) => return attempt,
+            Err(err) => {
+                link.sender = None;
+                if !reused {
+                    return Attempt::Retry {
+                        status: None,
+                        error: err,
+                    };
+                }
+            }
+        }
     }
+    Attempt::Retry {
+        status: None,
+        error: "the connection closed twice in a row".to_owned(),
+    }
+}
+
+/// Sends one delivery on the link's connection. `Err` is a transport failure.
+async fn send(shared: &Shared, link: &mut Link, message: &MessageRow) -> Result<Attempt, String> {
+    use axum::http::{Request, header};
+    use http_body_util::BodyExt as _;
+
+    let Some(sender) = link.sender.as_mut() else {
+        return Err("not connected".to_owned());
+    };
     let timestamp = now_ms() / 1000;
-    let mut request = shared
-        .client
-        .post(address.url("/event"))
-        .header("webhook-id", &message.uid)
-        .header("webhook-timestamp", timestamp.to_string())
+    let mut request = Request::post("/event")
+        .header(header::HOST, link.host.clone())
         .header(
-            reqwest::header::CONTENT_TYPE,
+            header::CONTENT_TYPE,
             message
                 .content_type
                 .as_deref()
                 .unwrap_or("application/octet-stream"),
         )
-        .body(message.body.clone());
+        .header(
+            header::USER_AGENT,
+            concat!("shoal-multicast/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("webhook-id", message.uid.as_str())
+        .header("webhook-timestamp", timestamp);
     if let Some(secret) = &shared.options.signing {
         request = request.header(
             crate::signing::SIGNATURE_HEADER,
             secret.sign(&message.uid, timestamp, &message.body),
         );
     }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            // Read (a bounded amount of) the answer so the connection can be reused.
-            drain(response).await;
-            let code = status.as_u16();
-            if status.is_success() {
-                Attempt::Delivered(code)
-            } else if status.is_server_error() || code == 429 || code == 408 {
-                Attempt::Retry {
-                    status: Some(code),
-                    error: format!("subscriber answered {status}"),
-                }
-            } else {
-                Attempt::Permanent {
-                    status: Some(code),
-                    error: format!("subscriber answered {status}"),
-                }
-            }
-        }
-        Err(err) => {
-            if refused_by_guard(&err) {
-                Attempt::Permanent {
-                    status: None,
-                    error: format!("address refused: {}", error_chain(&err)),
-                }
-            } else {
-                Attempt::Retry {
-                    status: None,
-                    error: error_chain(&err),
+    let request = request
+        .body(http_body_util::Full::new(message.body.clone()))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Read (a bounded amount of) the answer so the connection can carry the next one.
+        let mut body = response.into_body();
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(data) = frame.data_ref() {
+                read += data.len();
+                if read > 64 * 1024 {
+                    // Too much to drain: this connection will not be reused.
+                    return Ok::<_, String>((status, false));
                 }
             }
         }
-    }
-}
-
-async fn drain(mut response: reqwest::Response) {
-    let mut read = 0usize;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        read += chunk.len();
-        if read > 64 * 1024 {
-            break;
+        Ok((status, true))
+    };
+    let status = match tokio::time::timeout(shared.options.delivery_timeout, exchange).await {
+        Ok(Ok((status, reusable))) => {
+            if !reusable {
+                link.sender = None;
+            }
+            status
         }
-    }
-}
-
-fn refused_by_guard(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.downcast_ref::<GuardError>().is_some() {
-            return true;
+        Ok(Err(err)) => return Err(err),
+        Err(_) => {
+            link.sender = None;
+            return Ok(Attempt::Retry {
+                status: None,
+                error: format!(
+                    "no answer within {}",
+                    humantime::format_duration(shared.options.delivery_timeout)
+                ),
+            });
         }
-        source = e.source();
-    }
-    false
-}
-
-fn error_chain(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    };
+    let code = status.as_u16();
+    Ok(if status.is_success() {
+        Attempt::Delivered(code)
+    } else if status.is_server_error() || code == 429 || code == 408 {
+        Attempt::Retry {
+            status: Some(code),
+            error: format!("subscriber answered {status}"),
+        }
+    } else {
+        Attempt::Permanent {
+            status: Some(code),
+            error: format!("subscriber answered {status}"),
+        }
+    })
 }
 
 #[cfg(test)]
