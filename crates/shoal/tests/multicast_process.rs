@@ -78,22 +78,30 @@ impl Drop for HubProcess {
     }
 }
 
-/// A subscriber in this process that records webhook ids in arrival order.
+/// A subscriber in this process that records webhook ids in arrival order, taking the given
+/// time per event.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<String>>>);
+struct Received(Arc<Mutex<Vec<String>>>, Duration);
 
 async fn on_event(
     State(received): State<Received>,
     headers: HeaderMap,
     _body: Bytes,
 ) -> &'static str {
+    if !received.1.is_zero() {
+        tokio::time::sleep(received.1).await;
+    }
     let id = headers["webhook-id"].to_str().expect("id").to_owned();
     received.0.lock().expect("lock").push(id);
     "ok"
 }
 
 async fn subscriber() -> (shoal_core::testkit::TestServer, Received) {
-    let received = Received::default();
+    subscriber_with_delay(Duration::ZERO).await
+}
+
+async fn subscriber_with_delay(delay: Duration) -> (shoal_core::testkit::TestServer, Received) {
+    let received = Received(Arc::default(), delay);
     let app = Router::new()
         .route("/event", axum::routing::post(on_event))
         .with_state(received.clone());
@@ -172,13 +180,18 @@ async fn wait_for_all(received: &Received, ids: &[String], within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_messages_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sub, received) = subscriber().await;
+    // A slow subscriber (2 ms an event): most deliveries are still pending at the kill.
+    let (sub, received) = subscriber_with_delay(Duration::from_millis(2)).await;
     let hub = HubProcess::start(dir.path());
     register(&hub.base, &sub.addr.to_string()).await;
     let ids = send_many(&hub.base, 500).await;
     // Killed right after the last acknowledgement: most deliveries are still pending.
     drop(hub);
     let delivered_before = received.0.lock().expect("lock").len();
+    assert!(
+        delivered_before < ids.len(),
+        "the kill came before delivery completed"
+    );
     let hub = HubProcess::start(dir.path());
     wait_for_all(&received, &ids, Duration::from_secs(60)).await;
     let arrivals = received.0.lock().expect("lock").clone();
