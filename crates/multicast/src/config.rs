@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MULTICAST_MAX_BACKLOG", value_parser = parse_size, default_value = "1GiB")]
     pub max_backlog: u64,
 
+    /// A subscriber with more messages pending than this is removed (with a failure record),
+    /// so one dead subscriber cannot fill the backlog everyone shares.
+    #[arg(long, env = "SHOAL_MULTICAST_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending: u64,
+
     /// Sign deliveries (Standard Webhooks headers) with this secret (`whsec_<base64>` or text).
     #[arg(long, env = "SHOAL_MULTICAST_SIGNING_SECRET", hide_env_values = true)]
     pub signing_secret: Option<SigningSecret>,
@@ -103,6 +108,7 @@ impl Config {
             max_subscribers: hub.max_subscribers,
             max_message_size: 1 << 20,
             max_backlog: hub.max_backlog_bytes,
+            max_pending: hub.max_pending,
             signing_secret: None,
             allow_cidr: Vec::new(),
             deny_cidr: Vec::new(),
@@ -122,6 +128,7 @@ impl Config {
             max_in_flight: self.max_in_flight,
             max_subscribers: self.max_subscribers,
             max_backlog_bytes: self.max_backlog,
+            max_pending: self.max_pending,
             signing: self.signing_secret.clone(),
             ..HubOptions::default()
         }

@@ -47,6 +47,9 @@ pub struct HubOptions {
     pub max_subscribers: usize,
     /// Most bytes of accepted, undelivered messages held; beyond it sends get 503.
     pub max_backlog_bytes: u64,
+    /// A subscriber with more messages pending than this is removed (with a failure record),
+    /// so one dead subscriber cannot fill the backlog that everyone shares.
+    pub max_pending: u64,
     /// How long idempotency keys are remembered.
     pub idempotency_retention: Duration,
     /// How long final failures are kept for `/deliveries`.
@@ -69,6 +72,7 @@ impl Default for HubOptions {
             max_in_flight: 512,
             max_subscribers: 10_000,
             max_backlog_bytes: 1 << 30,
+            max_pending: 100_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
             failure_retention: Duration::from_secs(7 * 24 * 3600),
             flush_interval: Duration::from_millis(100),
@@ -176,6 +180,8 @@ impl Progress {
 #[derive(Debug)]
 struct Subscriber {
     row: SubscriberRow,
+    /// When it is removed without another keep-alive (unix ms).
+    deadline: i64,
     progress: Arc<Progress>,
     cancel: CancellationToken,
 }
@@ -215,7 +221,9 @@ enum Command {
         address: String,
         reply: oneshot::Sender<Result<(), HubError>>,
     },
-    Failure(FailureRow),
+    /// A final failure; answered once it is durable, so the cursor moves past the message
+    /// only after the record exists.
+    Failure(FailureRow, oneshot::Sender<bool>),
 }
 
 struct Shared {
@@ -256,7 +264,9 @@ pub fn now_ms() -> i64 {
 }
 
 fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0).cast_unsigned());
+    // RFC 3339 ends at year 9999; a far-future deadline (a huge --expire) is shown as that.
+    const MAX: i64 = 253_402_300_799_999;
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX).cast_unsigned());
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -320,8 +330,19 @@ impl Hub {
                 .collect(),
             next_message_id: loaded.next_message_id.max(1),
         };
+        // Keep-alive clocks continue across a restart, but a subscriber whose time ran out
+        // while the hub was down gets one expiry period from now: it could not keep alive, and
+        // the messages accepted for it must not be dropped because the hub was away.
+        let started = now_ms();
+        let expire = millis(hub.shared.options.expire);
         for row in loaded.subscribers {
-            writer.add_subscriber(row);
+            let natural = row.keepalive_at.saturating_add(expire);
+            let deadline = if natural <= started {
+                started.saturating_add(expire)
+            } else {
+                natural
+            };
+            writer.add_subscriber(row, deadline);
         }
         tokio::spawn(writer.run());
         Ok(hub)
@@ -388,7 +409,6 @@ impl Hub {
     /// The current subscribers, sorted by address; with recent outcomes when asked.
     pub fn subscribers(&self, with_recent: bool) -> Vec<SubscriberView> {
         let last = *self.shared.accepted.borrow();
-        let expire = millis(self.shared.options.expire);
         let subscribers = self
             .shared
             .subscribers
@@ -402,7 +422,7 @@ impl Hub {
                     address: s.row.address.clone(),
                     registered_at: rfc3339(s.row.registered_at),
                     last_keepalive: rfc3339(s.row.keepalive_at),
-                    expires_at: rfc3339(s.row.keepalive_at.saturating_add(expire)),
+                    expires_at: rfc3339(s.deadline),
                     delivered_through: through,
                     pending: last.saturating_sub(through),
                     recent: if with_recent {
@@ -433,6 +453,7 @@ struct Writer {
 }
 
 enum Reply {
+    Recorded(oneshot::Sender<bool>),
     Sent(oneshot::Sender<Result<Accepted, HubError>>, Accepted),
     Done(oneshot::Sender<Result<(), HubError>>),
     Refused(oneshot::Sender<Result<(), HubError>>, HubError),
@@ -440,7 +461,7 @@ enum Reply {
 }
 
 impl Writer {
-    fn add_subscriber(&mut self, row: SubscriberRow) {
+    fn add_subscriber(&mut self, row: SubscriberRow, deadline: i64) {
         let progress = Arc::new(Progress::default());
         progress
             .delivered_through
@@ -449,11 +470,7 @@ impl Writer {
             .persisted_through
             .store(row.delivered_through, Ordering::Release);
         let cancel = self.shared.shutdown.child_token();
-        self.expiries.insert((
-            row.keepalive_at
-                .saturating_add(millis(self.shared.options.expire)),
-            row.address.clone(),
-        ));
+        self.expiries.insert((deadline, row.address.clone()));
         match Address::from_str(&row.address) {
             Ok(address) => {
                 tokio::spawn(deliver_loop(
@@ -476,6 +493,7 @@ impl Writer {
                 row.address.clone(),
                 Subscriber {
                     row,
+                    deadline,
                     progress,
                     cancel,
                 },
@@ -560,6 +578,7 @@ impl Writer {
                 added.contains_key(a) || (registered.contains(a) && !removed.contains(a))
             };
         // Expiries first: they were due before these commands arrived.
+        let mut expired: Vec<(i64, String)> = Vec::new();
         while let Some((at, _)) = self.expiries.first() {
             if *at > now {
                 break;
@@ -573,11 +592,12 @@ impl Writer {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&address)
-                .map(|s| s.row.keepalive_at.saturating_add(expire));
+                .map(|s| s.deadline);
             if current == Some(at) && !removed.contains(&address) {
                 tracing::info!(address, "subscriber expired (no keep-alive)");
                 metrics::counter!("shoal_multicast_subscribers_expired_total").increment(1);
-                removed.insert(address);
+                removed.insert(address.clone());
+                expired.push((at, address));
                 count -= 1;
             }
         }
@@ -684,22 +704,46 @@ impl Writer {
                     }
                     replies.push(Reply::Done(reply));
                 }
-                Command::Failure(row) => batch.failures.push(row),
+                Command::Failure(row, reply) => {
+                    batch.failures.push(row);
+                    replies.push(Reply::Recorded(reply));
+                }
             }
         }
         // Removals are written before upserts, so an address removed and registered again in
         // this batch ends up with a fresh row.
         batch.removals = removed.iter().cloned().collect();
         batch.upserts = upserts.into_values().collect();
-        // Cursor advances since the last flush.
+        // Cursor advances since the last flush, and subscribers too far behind.
         {
             let subs = self
                 .shared
                 .subscribers
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
+            let last_accepted = batch.next_message_id - 1;
             for s in subs.values() {
                 let through = s.progress.delivered_through.load(Ordering::Acquire);
+                let pending = last_accepted.saturating_sub(through);
+                if pending > options.max_pending && !removed.contains(&s.row.address) {
+                    let error = format!(
+                        "removed: {pending} messages pending (limit {}); register again to receive new messages",
+                        options.max_pending
+                    );
+                    tracing::warn!(address = %s.row.address, "{error}");
+                    metrics::counter!("shoal_multicast_subscribers_overflowed_total").increment(1);
+                    batch.failures.push(FailureRow {
+                        address: s.row.address.clone(),
+                        message_id: through + 1,
+                        uid: String::new(),
+                        attempts: 0,
+                        error,
+                        failed_at: now,
+                    });
+                    batch.removals.push(s.row.address.clone());
+                    removed.insert(s.row.address.clone());
+                    continue;
+                }
                 if through > s.progress.persisted_through.load(Ordering::Acquire)
                     && !removed.contains(&s.row.address)
                 {
@@ -707,6 +751,11 @@ impl Writer {
                 }
             }
         }
+        // A subscriber removed for falling behind must not be revived by its keep-alive.
+        batch
+            .upserts
+            .retain(|row| !removed.contains(&row.address) || added.contains_key(&row.address));
+
         if batch.is_empty() {
             answer(replies);
             return;
@@ -716,6 +765,11 @@ impl Writer {
             for key in batch.messages.iter().filter_map(|(_, k)| k.as_ref()) {
                 self.idempotency.remove(key);
             }
+            // Expiries are due again at the next batch.
+            self.expiries.extend(expired);
+            // Never reuse the ids: a commit that failed on our side may have succeeded in the
+            // database, and a reused id would collide forever. Gaps are skipped by delivery.
+            self.next_message_id = batch.next_message_id;
             fail(replies, &format!("{err:#}"));
             return;
         }
@@ -746,8 +800,8 @@ impl Writer {
             for address in &kept_alive {
                 if let Some(s) = subs.get_mut(address) {
                     s.row.keepalive_at = now;
-                    self.expiries
-                        .insert((now.saturating_add(expire), address.clone()));
+                    s.deadline = now.saturating_add(expire);
+                    self.expiries.insert((s.deadline, address.clone()));
                 }
             }
             for (address, through) in &batch.cursors {
@@ -760,7 +814,8 @@ impl Writer {
         }
         for row in added.into_values() {
             tracing::info!(address = %row.address, "subscriber registered");
-            self.add_subscriber(row);
+            let deadline = row.keepalive_at.saturating_add(expire);
+            self.add_subscriber(row, deadline);
         }
         let accepted_messages = batch.messages.len();
         if accepted_messages > 0 {
@@ -846,6 +901,9 @@ impl Writer {
 fn answer(replies: Vec<Reply>) {
     for reply in replies {
         match reply {
+            Reply::Recorded(tx) => {
+                let _ = tx.send(true);
+            }
             Reply::Sent(tx, accepted) => {
                 let _ = tx.send(Ok(accepted));
             }
@@ -865,6 +923,9 @@ fn answer(replies: Vec<Reply>) {
 fn fail(replies: Vec<Reply>, reason: &str) {
     for reply in replies {
         match reply {
+            Reply::Recorded(tx) => {
+                let _ = tx.send(false);
+            }
             Reply::Sent(tx, _) | Reply::SendRefused(tx, _) => {
                 let _ = tx.send(Err(HubError::Storage(reason.to_owned())));
             }
@@ -1004,15 +1065,30 @@ async fn deliver_with_retries(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let attempt = {
-            let Ok(_permit) = shared.in_flight.acquire().await else {
-                return false;
-            };
-            tokio::select! {
-                a = attempt_once(shared, address, link, message) => a,
-                () = cancel.cancelled() => return false,
-            }
+        // Cancellation is checked first, so a removed subscriber gets no further request.
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return false,
+            permit = shared.in_flight.acquire() => permit,
         };
+        let Ok(_permit) = permit else { return false };
+        // One attempt — name resolution, connecting and the exchange — is bounded as a whole.
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return false,
+            r = tokio::time::timeout(options.delivery_timeout, attempt_once(shared, address, link, message)) => r,
+        };
+        drop(_permit);
+        let attempt = result.unwrap_or_else(|_| {
+            link.sender = None;
+            Attempt::Retry {
+                status: None,
+                error: format!(
+                    "no answer within {}",
+                    humantime::format_duration(options.delivery_timeout)
+                ),
+            }
+        });
         let now = now_ms();
         let outcome = |result, status, error| Recorded {
             message_id: message.id,
@@ -1050,17 +1126,29 @@ async fn deliver_with_retries(
                 error: why,
                 failed_at: now,
             };
-            // Recorded by the writer; if the hub is stopping, the cursor is not advanced and
-            // the message is tried again after the restart.
-            if shared
-                .commands
-                .send(Command::Failure(failure))
-                .await
-                .is_err()
-            {
-                return false;
+            // The cursor moves past the message only once the failure is on record; if the hub
+            // stops first, the message is tried again after the restart.
+            loop {
+                let (tx, rx) = oneshot::channel();
+                if shared
+                    .commands
+                    .send(Command::Failure(failure.clone(), tx))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                match rx.await {
+                    Ok(true) => return true,
+                    Ok(false) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = cancel.cancelled() => return false,
+                        }
+                    }
+                    Err(_) => return false,
+                }
             }
-            return true;
         }
         shared.retried.increment(1);
         progress.record(outcome("retrying", status, Some(error)));

@@ -243,15 +243,19 @@ macro_rules! queries {
                 q.push(" ON CONFLICT (address) DO UPDATE SET keepalive_at = excluded.keepalive_at");
                 q.build().execute(&mut *tx).await?;
             }
-            for (address, through) in &batch.cursors {
-                sqlx::query(
-                    "UPDATE mc_subscribers SET delivered_through = $1 \
-                     WHERE address = $2 AND delivered_through < $1",
-                )
-                .bind(signed(*through))
-                .bind(address)
-                .execute(&mut *tx)
-                .await?;
+            // Cursors only ever move forward; one statement for all of them.
+            for chunk in batch.cursors.chunks(CHUNK) {
+                let mut q = QueryBuilder::<$db>::new(
+                    "UPDATE mc_subscribers SET delivered_through = v.column2 FROM (",
+                );
+                q.push_values(chunk, |mut v, (address, through)| {
+                    v.push_bind(address).push_bind(signed(*through));
+                });
+                q.push(
+                    ") AS v WHERE mc_subscribers.address = v.column1 \
+                     AND mc_subscribers.delivered_through < v.column2",
+                );
+                q.build().execute(&mut *tx).await?;
             }
             for chunk in batch.failures.chunks(CHUNK) {
                 let mut q = QueryBuilder::<$db>::new(

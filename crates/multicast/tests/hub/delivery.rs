@@ -32,8 +32,35 @@ macro_rules! on_both_backends {
 on_both_backends!(
     every_subscriber_gets_every_message_once_in_order,
     registrations_and_undelivered_messages_survive_a_restart,
+    an_outage_longer_than_the_expiry_loses_nothing,
     racing_registrations_leave_one_consistent_subscriber,
 );
+
+/// A hub that was down longer than `--expire` still delivers what it accepted: subscribers
+/// whose keep-alive ran out while it was down get one expiry period from the restart.
+async fn an_outage_longer_than_the_expiry_loses_nothing(storage: Storage) {
+    let hub = Hub::start(&storage, |c| c.expire = Duration::from_millis(800)).await;
+    let sub = Subscriber::start(Behaviour::Always(503)).await;
+    hub.register(&sub.address()).await;
+    for i in 0..5 {
+        hub.send(format!("m{i}")).await;
+    }
+    hub.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sub.set(Behaviour::Accept);
+    let hub = Hub::start(&storage, |c| c.expire = Duration::from_millis(800)).await;
+    sub.wait_for(5, Duration::from_secs(5)).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    assert_eq!(sub.bodies(), expected);
+    // Without keep-alives it expires one period after the restart.
+    eventually(
+        Duration::from_secs(3),
+        "expiry after the grace period",
+        async || hub.call(Method::GET, "/listSubscribers").await.1.is_empty(),
+    )
+    .await;
+    hub.stop().await;
+}
 
 /// Registrations, keep-alives and deregistrations of one address racing each other land in
 /// the same batches; whatever the interleaving, the end state is one subscriber with one
@@ -422,5 +449,43 @@ async fn a_second_hub_on_the_same_database_is_refused() {
     hub.stop().await;
     // Once the first is gone, a new one may take over.
     let hub = Hub::start(&storage, |_| {}).await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_too_far_behind_is_cut_off_and_the_others_go_on() {
+    let storage = Storage::sqlite();
+    let hub = Hub::start(&storage, |c| {
+        c.max_pending = 5;
+        c.retry_initial = Duration::from_secs(60);
+    })
+    .await;
+    let dead = Subscriber::start(Behaviour::Always(503)).await;
+    let alive = Subscriber::start(Behaviour::Accept).await;
+    hub.register(&dead.address()).await;
+    hub.register(&alive.address()).await;
+    for i in 0..20 {
+        hub.send(format!("{i}")).await;
+    }
+    alive.wait_for(20, Duration::from_secs(5)).await;
+    eventually(
+        Duration::from_secs(3),
+        "the dead subscriber is removed",
+        async || {
+            !hub.call(Method::GET, "/listSubscribers")
+                .await
+                .1
+                .contains(&dead.address())
+        },
+    )
+    .await;
+    let report = hub.deliveries(&dead.address()).await;
+    let failures = report["failures"].as_array().expect("failures");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["error"].as_str().is_some_and(|e| e.contains("pending"))),
+        "{report}"
+    );
     hub.stop().await;
 }
