@@ -38,7 +38,7 @@ fn hub_error(err: HubError) -> ApiError {
     }
 }
 
-async fn register(State(hub): State<Hub>, params: Params) -> Result<&'static str, ApiError> {
+async fn register(State(hub): State<Hub>, params: Params) -> Result<Response, ApiError> {
     let address = address_param(&params)?;
     // Checked at registration (a clear answer now) and again at every delivery (DNS changes).
     hub.guard()
@@ -46,7 +46,12 @@ async fn register(State(hub): State<Hub>, params: Params) -> Result<&'static str
         .await
         .map_err(|e| ApiError::bad_request(format!("address refused: {e}")))?;
     hub.register(&address).await.map_err(hub_error)?;
-    Ok("success")
+    // Tells subscribers how often they must keep alive (the seed's clients ignore it).
+    let mut response = "success".into_response();
+    response
+        .headers_mut()
+        .insert("x-expire-ms", HeaderValue::from(hub.expire_ms()));
+    Ok(response)
 }
 
 async fn deregister(State(hub): State<Hub>, params: Params) -> Result<&'static str, ApiError> {

@@ -401,6 +401,11 @@ impl Hub {
         &self.shared.guard
     }
 
+    /// How long a subscriber stays registered without a keep-alive, in milliseconds.
+    pub fn expire_ms(&self) -> u64 {
+        u64::try_from(self.shared.options.expire.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// The durable store (for health checks and failure history).
     pub fn store(&self) -> &Store {
         &self.shared.store

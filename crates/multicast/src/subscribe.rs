@@ -118,14 +118,14 @@ pub struct SubscribeArgs {
     pub exec: Option<String>,
 
     /// Time allowed for one `--exec` run; beyond it the shell is killed and the hub retries.
-    /// Keep it under the hub's --delivery-timeout (default 10s), or the hub gives up waiting
-    /// first and retries while the command still runs (the retry is then answered 429).
+    /// Keep it under the hub's --delivery-timeout (default 10s, hence this default), or the
+    /// hub gives up waiting first and retries while the command still runs (answered 429).
     #[arg(
         long,
         env = "SHOAL_MULTICAST_SUBSCRIBE_EXEC_TIMEOUT",
         value_name = "DURATION",
         value_parser = parse_positive_duration,
-        default_value = "30s"
+        default_value = "8s"
     )]
     pub exec_timeout: Duration,
 
@@ -139,9 +139,9 @@ pub struct SubscribeArgs {
     )]
     pub signing_secret: Option<SigningSecret>,
 
-    /// How often to re-register at the hub. Keep it well under the hub's --expire: the default
-    /// is a quarter of the hub's default expiry (2m), so three keep-alives in a row may fail
-    /// before the hub drops this subscriber.
+    /// How often to re-register at the hub. A shoal hub announces its --expire, and the
+    /// subscriber then keeps alive at least every quarter of it, whatever this says; for other
+    /// hubs keep it well under their expiry (the default is a quarter of the default 2m).
     #[arg(
         long,
         env = "SHOAL_MULTICAST_SUBSCRIBE_KEEPALIVE",
@@ -164,7 +164,7 @@ impl SubscribeArgs {
             listen: "127.0.0.1:3011".into(),
             advertise: None,
             exec: None,
-            exec_timeout: Duration::from_secs(30),
+            exec_timeout: Duration::from_secs(8),
             signing_secret: None,
             keepalive: Duration::from_secs(30),
             common: CommonArgs::default(),
@@ -351,13 +351,19 @@ impl std::fmt::Display for HubCallError {
 }
 
 impl Registrar {
-    /// Registers (or refreshes) once.
-    async fn register(&self) -> Result<(), HubCallError> {
+    /// Registers (or refreshes) once; returns the hub's expiry when it announces it
+    /// (`x-expire-ms`, sent by shoal hubs).
+    async fn register(&self) -> Result<Option<Duration>, HubCallError> {
         let request = self
             .client
             .post(&format!("{}/registerAndKeepAlive", self.hub))
             .query(&[("address", self.address.to_string())]);
-        call(request).await
+        let headers = call(request).await?;
+        Ok(headers
+            .get("x-expire-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis))
     }
 
     /// Registers until it succeeds, then keeps alive every `keepalive`, until `stop`.
@@ -370,7 +376,7 @@ impl Registrar {
                 () = stop.cancelled() => return,
             };
             let delay = match result {
-                Ok(()) => {
+                Ok(expire) => {
                     if !registered {
                         tracing::info!(hub = %self.hub, address = %self.address, "registered at the hub");
                     } else if failures > 0 {
@@ -380,7 +386,14 @@ impl Registrar {
                     }
                     registered = true;
                     failures = 0;
-                    keepalive
+                    // At most a quarter of the hub's expiry, whatever --keepalive says, so three
+                    // keep-alives in a row may fail before the hub drops this subscriber.
+                    match expire {
+                        Some(expire) if expire / 4 < keepalive => {
+                            (expire / 4).max(Duration::from_millis(50))
+                        }
+                        _ => keepalive,
+                    }
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -418,7 +431,7 @@ impl Registrar {
             .query(&[("address", self.address.to_string())])
             .timeout(DEREGISTER_TIMEOUT);
         match tokio::time::timeout(DEREGISTER_TIMEOUT, call(request)).await {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 tracing::info!(hub = %self.hub, address = %self.address, "deregistered");
             }
             Ok(Err(err)) => {
@@ -432,14 +445,14 @@ impl Registrar {
 }
 
 /// Sends a request to the hub; any 2xx is success.
-async fn call(request: reqwest::RequestBuilder) -> Result<(), HubCallError> {
+async fn call(request: reqwest::RequestBuilder) -> Result<HeaderMap, HubCallError> {
     let response = request
         .send()
         .await
         .map_err(|e| HubCallError::Unreachable(error_chain(&e)))?;
     let status = response.status();
     if status.is_success() {
-        return Ok(());
+        return Ok(response.headers().clone());
     }
     let body = response.text().await.unwrap_or_default();
     let mut body = body.trim().to_owned();

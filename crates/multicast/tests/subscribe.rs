@@ -585,3 +585,40 @@ async fn shuts_down_when_the_consumer_is_gone() {
         .expect("subscriber result");
     assert_eq!(calls.snapshot().last(), Some(&Call::Deregister(address)));
 }
+
+#[tokio::test]
+async fn keeps_alive_often_enough_for_the_hubs_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = shoal_multicast::Config::with_data_dir(dir.path());
+    config.expire = Duration::from_millis(600);
+    let hub =
+        TestServer::start(|listener, shutdown| shoal_multicast::run(config, listener, shutdown))
+            .await
+            .expect("hub");
+    // The default keep-alive (30 s) is far longer than this hub's expiry: the subscriber
+    // learns the expiry from the hub and keeps alive every quarter of it.
+    let subscriber = Subscriber::start(SubscribeArgs::new(&hub.base_url)).await;
+    let address = subscriber.address();
+    let http = client();
+    let listed = async || {
+        http.get(hub.url("/listSubscribers"))
+            .send()
+            .await
+            .expect("list")
+            .text()
+            .await
+            .expect("body")
+            .contains(&address)
+    };
+    let deadline = Instant::now() + WAIT;
+    while !listed().await {
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(listed().await, "expired although the subscriber runs");
+    }
+    subscriber.stop().await;
+    hub.stop().await.expect("hub stops");
+}
