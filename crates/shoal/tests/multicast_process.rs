@@ -101,10 +101,29 @@ async fn subscriber() -> (shoal_core::testkit::TestServer, Received) {
 }
 
 async fn subscriber_with_delay(delay: Duration) -> (shoal_core::testkit::TestServer, Received) {
+    subscriber_with(delay, false).await
+}
+
+/// With `close`, every answer closes its connection, so each delivery connects anew.
+async fn subscriber_with(
+    delay: Duration,
+    close: bool,
+) -> (shoal_core::testkit::TestServer, Received) {
     let received = Received(Arc::default(), delay);
     let app = Router::new()
         .route("/event", axum::routing::post(on_event))
-        .with_state(received.clone());
+        .with_state(received.clone())
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| async move {
+                if close {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            },
+        ));
     let server = shoal_core::testkit::TestServer::start(move |listener, shutdown| async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -224,5 +243,25 @@ async fn ten_thousand_deliveries_leak_no_file_descriptors() {
     assert!(
         after <= before + 8,
         "open file descriptors grew from {before} to {after} over 10,000 deliveries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_for_every_delivery_leaks_no_file_descriptors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sub, received) = subscriber_with(Duration::ZERO, true).await;
+    let hub = HubProcess::start(dir.path());
+    register(&hub.base, &sub.addr.to_string()).await;
+    let warm = send_many(&hub.base, 16).await;
+    wait_for_all(&received, &warm, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = hub.open_fds();
+    let ids = send_many(&hub.base, 2_000).await;
+    wait_for_all(&received, &ids, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = hub.open_fds();
+    assert!(
+        after <= before + 8,
+        "open file descriptors grew from {before} to {after} over 2,000 connections"
     );
 }
