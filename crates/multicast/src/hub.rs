@@ -1260,24 +1260,15 @@ async fn send(shared: &Shared, link: &mut Link, message: &MessageRow) -> Result<
         }
         Ok((status, true))
     };
-    let status = match tokio::time::timeout(shared.options.delivery_timeout, exchange).await {
-        Ok(Ok((status, reusable))) => {
+    // The whole attempt is bounded by the caller's timeout; no second timer here.
+    let status = match exchange.await {
+        Ok((status, reusable)) => {
             if !reusable {
                 link.sender = None;
             }
             status
         }
-        Ok(Err(err)) => return Err(err),
-        Err(_) => {
-            link.sender = None;
-            return Ok(Attempt::Retry {
-                status: None,
-                error: format!(
-                    "no answer within {}",
-                    humantime::format_duration(shared.options.delivery_timeout)
-                ),
-            });
-        }
+        Err(err) => return Err(err),
     };
     let code = status.as_u16();
     Ok(if status.is_success() {
