@@ -283,6 +283,10 @@ fn random_u64() -> u64 {
 
 const MAX_BATCH: usize = 1024;
 
+/// Idempotency keys remembered at most; the oldest tenth is forgotten when full (a retry of a
+/// forgotten key is accepted again: at worst a duplicate, which at-least-once allows).
+const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
 impl Hub {
     /// Loads the state from `store`, starts the writer and one delivery task per subscriber.
     /// Everything stops when `shutdown` is cancelled.
@@ -486,7 +490,9 @@ impl Writer {
                 ));
             }
             Err(err) => {
-                tracing::error!(address = %row.address, error = %err, "stored address no longer parses; not delivering")
+                // Kept out of memory too: it would hold back garbage collection forever.
+                tracing::error!(address = %row.address, error = %err, "stored address no longer parses; ignoring it");
+                return;
             }
         }
         let replaced = self
@@ -639,6 +645,9 @@ impl Writer {
                     batch.next_message_id += 1;
                     let uid = format!("msg_{}", uuid::Uuid::new_v4().simple());
                     if let Some(k) = &key {
+                        if self.idempotency.len() >= MAX_IDEMPOTENCY_KEYS {
+                            forget_oldest_keys(&mut self.idempotency);
+                        }
                         self.idempotency.insert(k.clone(), (id, uid.clone(), now));
                     }
                     let row = MessageRow {
@@ -805,6 +814,7 @@ impl Writer {
             for address in &kept_alive {
                 if let Some(s) = subs.get_mut(address) {
                     s.row.keepalive_at = now;
+                    self.expiries.remove(&(s.deadline, address.clone()));
                     s.deadline = now.saturating_add(expire);
                     self.expiries.insert((s.deadline, address.clone()));
                 }
@@ -901,6 +911,18 @@ impl Writer {
             tracing::warn!(error = %err, "outbox clean-up failed; will retry");
         }
     }
+}
+
+/// Forgets the oldest tenth of the idempotency keys.
+fn forget_oldest_keys(keys: &mut HashMap<String, (u64, String, i64)>) {
+    let mut times: Vec<i64> = keys.values().map(|(_, _, at)| *at).collect();
+    if times.is_empty() {
+        return;
+    }
+    let cut = times.len() / 10;
+    let (_, threshold, _) = times.select_nth_unstable(cut);
+    let threshold = *threshold;
+    keys.retain(|_, (_, _, at)| *at > threshold);
 }
 
 fn answer(replies: Vec<Reply>) {
@@ -1288,8 +1310,27 @@ async fn send(shared: &Shared, link: &mut Link, message: &MessageRow) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{backoff, forget_oldest_keys};
+    use std::collections::HashMap;
     use std::time::Duration;
+
+    #[test]
+    fn forgetting_keys_drops_the_oldest_tenth() {
+        let mut keys: HashMap<String, (u64, String, i64)> = (0..100)
+            .map(|i| (format!("k{i}"), (i, format!("msg_{i}"), 1_000 + i as i64)))
+            .collect();
+        forget_oldest_keys(&mut keys);
+        assert_eq!(
+            keys.len(),
+            89,
+            "the oldest tenth (and the boundary) is gone"
+        );
+        assert!(!keys.contains_key("k0") && !keys.contains_key("k10"));
+        assert!(keys.contains_key("k11") && keys.contains_key("k99"));
+        let mut empty = HashMap::new();
+        forget_oldest_keys(&mut empty);
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
