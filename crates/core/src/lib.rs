@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: the common flags (`--kv`, `--token`, `--log-format`, `--database-url`) and
 //!   parsers shared by every subcommand.
+//! - [`db`]: opening the embedded SQLite file or a PostgreSQL schema, the same way everywhere.
 //! - [`error`]: [`ApiError`], the one mapping from failures to HTTP responses.
 //! - [`query`]: strict query-string parsing (percent-decoding without silent loss).
 //! - [`server`]: bootstrap, middleware stack, health and shutdown.
@@ -22,6 +23,7 @@
 
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod discovery;
 pub mod error;
 pub mod logging;

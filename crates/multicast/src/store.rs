@@ -6,18 +6,11 @@
 //! `QueryBuilder` writes each database's placeholders, and the SQL used is common to both.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
-use sqlx::ConnectOptions as _;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode,
-    SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqliteConnection;
 use tokio::sync::Mutex;
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -364,55 +357,18 @@ pub enum Store {
 impl Store {
     /// Opens `multicast.sqlite3` in `dir` (WAL; `NORMAL` sync survives a killed process).
     pub async fn open_sqlite(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let path = dir.join("multicast.sqlite3");
-        let hint = || {
-            format!(
-                "cannot open {} (is another shoal multicast using this data directory?)",
-                path.display()
-            )
-        };
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .locking_mode(SqliteLockingMode::Exclusive)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_millis(200));
-        let migrations = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .with_context(hint)?;
-        SQLITE_MIGRATOR.run(&migrations).await.with_context(hint)?;
-        migrations.close().await;
-        let conn = options.connect().await.with_context(hint)?;
+        let conn =
+            shoal_core::db::open_sqlite_exclusive(&path, false, &SQLITE_MIGRATOR, "multicast")
+                .await?;
         Ok(Self::Sqlite(Arc::new(Mutex::new(conn))))
     }
 
     /// Connects to PostgreSQL, creating and migrating the `shoal_multicast` schema. One hub
     /// per database: a second hub would deliver every message twice, so it is refused.
     pub async fn open_postgres(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .context("invalid --database-url")?
-            .options([("search_path", SCHEMA)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        if let Err(err) = sqlx::query(CREATE_SCHEMA).execute(&pool).await {
-            sqlx::query(CREATE_SCHEMA)
-                .execute(&pool)
-                .await
-                .with_context(|| format!("cannot create schema {SCHEMA}: {err}"))?;
-        }
-        POSTGRES_MIGRATOR
-            .run(&pool)
-            .await
-            .context("cannot migrate the multicast schema")?;
+        let pool = shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 4, &POSTGRES_MIGRATOR)
+            .await?;
         // Held for the life of the hub: the session lock goes when this connection does.
         let mut lock = pool.acquire().await?.detach();
         let (locked,): (bool,) =

@@ -1,12 +1,13 @@
 //! End-to-end tests of `shoal kv` as a process: crash durability (`kill -9`), graceful stop on
 //! SIGTERM, loud start-up failures, and the command line.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+mod support;
+
+use support::BIN;
 
 /// A `shoal kv` child process and the address it listens on.
 struct KvProcess {
@@ -15,46 +16,10 @@ struct KvProcess {
 }
 
 impl KvProcess {
-    /// Starts `shoal kv` on a free port and waits for its "listening" log line.
+    /// Starts `shoal kv` on a free port and waits until it listens.
     fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "kv",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal kv");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address = loop {
-            assert!(Instant::now() < deadline, "shoal kv did not start");
-            let line = lines
-                .next()
-                .expect("shoal kv exited before listening")
-                .expect("read");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "listening" {
-                break event["address"].as_str().expect("address").to_owned();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            base: format!("http://{address}"),
-        }
+        let (child, base) = support::spawn_service(&["kv"], data_dir, extra);
+        Self { child, base }
     }
 
     fn kill_9(mut self) {

@@ -2,9 +2,8 @@
 //! not leak file descriptors.
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+mod support;
 
 struct HubProcess {
     child: Child,
@@ -22,46 +21,12 @@ struct HubProcess {
 
 impl HubProcess {
     fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "multicast",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args([
-                "--retry-initial",
-                "50ms",
-                "--retry-max",
-                "200ms",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shoal multicast");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("hub exited before listening")
-                .expect("read");
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "listening" {
-                break event["address"].as_str().expect("address").to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            base: format!("http://{address}"),
-        }
+        let (child, base) = support::spawn_service(
+            &["multicast"],
+            data_dir,
+            &["--retry-initial", "50ms", "--retry-max", "200ms"],
+        );
+        Self { child, base }
     }
 
     fn open_fds(&self) -> usize {

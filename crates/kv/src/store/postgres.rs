@@ -9,13 +9,11 @@
 //! in memory and coherent: a replica reads its own writes at once, others' after the
 //! notification arrives.
 
-use std::str::FromStr;
 use std::sync::Weak;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 
 use super::{Changes, Command, Commit, Row, Shared, Snapshot};
 
@@ -49,26 +47,7 @@ impl PostgresBackend {
     /// Connects (TLS as the URL's `sslmode` says), creates the schema if needed and brings it up
     /// to date. Concurrent replicas may start together: migrations take an advisory lock.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .context("invalid --database-url")?
-            .options([("search_path", SCHEMA)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        if let Err(err) = sqlx::query(CREATE_SCHEMA).execute(&pool).await {
-            // Two replicas creating it at once: one loses the race, and that is fine.
-            sqlx::query(CREATE_SCHEMA)
-                .execute(&pool)
-                .await
-                .with_context(|| format!("cannot create schema {SCHEMA}: {err}"))?;
-        }
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("cannot migrate the kv schema")?;
+        let pool = shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 8, &MIGRATOR).await?;
         Ok(Self { pool })
     }
 
@@ -201,18 +180,24 @@ impl PostgresBackend {
         tokio::spawn(async move {
             let mut listener: Option<PgListener> = None;
             loop {
-                if listener.is_none() {
-                    match PgListener::connect_with(&pool).await {
-                        Ok(mut l) => match l.listen(CHANNEL).await {
-                            Ok(()) => listener = Some(l),
-                            Err(err) => tracing::warn!(error = %err, "LISTEN failed"),
-                        },
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot open the LISTEN connection")
-                        }
-                    }
-                }
                 let notified = match listener.as_mut() {
+                    None => {
+                        match PgListener::connect_with(&pool).await {
+                            Ok(mut l) => match l.listen(CHANNEL).await {
+                                Ok(()) => listener = Some(l),
+                                Err(err) => tracing::warn!(error = %err, "LISTEN failed"),
+                            },
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot open the LISTEN connection");
+                            }
+                        }
+                        if listener.is_none() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        // Commits made before LISTEN took effect sent notifications we never
+                        // saw: catch up at once whenever (re)listening starts.
+                        None
+                    }
                     Some(l) => {
                         match tokio::time::timeout(Duration::from_secs(5), l.try_recv()).await {
                             Ok(Ok(Some(n))) => n.payload().parse::<u64>().ok(),
@@ -225,10 +210,6 @@ impl PostgresBackend {
                                 None
                             }
                         }
-                    }
-                    None => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        None
                     }
                 };
                 let Some(shared) = shared.upgrade() else {

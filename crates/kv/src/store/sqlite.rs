@@ -5,17 +5,11 @@
 //! commit, so acknowledged writes survive power loss. Group commit makes either cheap per write.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::Context as _;
-use bytes::Bytes;
 use std::sync::Arc;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteLockingMode,
-    SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions as _, QueryBuilder, Sqlite};
+use bytes::Bytes;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::Mutex;
 
 use super::{Changes, Commit, Row, Snapshot};
@@ -89,13 +83,6 @@ fn to_row((key, value, revision, expires_at, updated_at): RowTuple) -> Row {
     }
 }
 
-fn in_use_hint(path: &Path) -> String {
-    format!(
-        "cannot open {} (is another shoal kv using this data directory?)",
-        path.display()
-    )
-}
-
 fn rev(v: u64) -> i64 {
     v.cast_signed()
 }
@@ -103,35 +90,10 @@ fn rev(v: u64) -> i64 {
 impl SqliteBackend {
     /// Opens (creating if needed) `kv.sqlite3` in `dir` and brings its schema up to date.
     pub async fn open(dir: &Path, sync: SyncMode) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let path = dir.join("kv.sqlite3");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .locking_mode(SqliteLockingMode::Exclusive)
-            .synchronous(match sync {
-                SyncMode::Normal => SqliteSynchronous::Normal,
-                SyncMode::Full => SqliteSynchronous::Full,
-            })
-            .busy_timeout(Duration::from_millis(200));
-        // Migrate through a short-lived pool (the migrator's public entry point wants one),
-        // then keep one connection for the life of the store: it holds the exclusive lock.
-        let migrations = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .with_context(|| in_use_hint(&path))?;
-        MIGRATOR
-            .run(&migrations)
-            .await
-            .with_context(|| in_use_hint(&path))?;
-        migrations.close().await;
-        let conn = options
-            .connect()
-            .await
-            .with_context(|| in_use_hint(&path))?;
+        let conn =
+            shoal_core::db::open_sqlite_exclusive(&path, sync == SyncMode::Full, &MIGRATOR, "kv")
+                .await?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
