@@ -3,6 +3,7 @@
 mod bench;
 mod kv;
 mod multicast;
+mod tasks;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ pub enum Command {
     Up(up::Args),
     /// Key-value store for configuration and service discovery.
     Kv(shoal_kv::Config),
+    /// Task database: a durable leased work queue for the image pipeline's workers.
+    Tasks(shoal_tasks::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
     /// Load generators: measure a service's throughput and latency.
@@ -38,6 +41,7 @@ impl Command {
         match self {
             Self::Up(args) => args.log_format,
             Self::Kv(config) => config.common.log_format,
+            Self::Tasks(config) => config.common.log_format,
             Self::Multicast(args) => args.log_format(),
             Self::Bench(_) => LogFormat::Text,
         }
@@ -48,6 +52,7 @@ impl Command {
         match self {
             Self::Up(args) => up::run(args).await,
             Self::Kv(config) => kv::run(config).await,
+            Self::Tasks(config) => tasks::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
         }

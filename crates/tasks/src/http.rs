@@ -1,0 +1,284 @@
+//! The routes: the seed's, and what a work queue needs beside them.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use shoal_core::ApiError;
+use shoal_core::config::parse_duration;
+use shoal_core::query::Params;
+use shoal_core::routes::{get, post};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Op, Outcome, Queue, QueueError};
+use crate::state::{Action, State as TaskState};
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The queue.
+    pub queue: Queue,
+    /// Longest long-poll.
+    pub max_wait: Duration,
+    /// Fires at shutdown, ending long polls at once.
+    pub shutdown: CancellationToken,
+}
+
+/// The tasks routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/newTask", post(new_task))
+        .route("/getById", get(get_by_id))
+        .route("/getNewTask", post(get_new_task))
+        .route("/finishTask", post(finish_task))
+        .route("/failTask", post(fail_task))
+        .route("/extendLease", post(extend_lease))
+        .route("/releaseTask", post(release_task))
+        .route("/cancelTask", post(cancel_task))
+        .route("/setById", post(set_by_id))
+        .route("/list", get(list))
+        .with_state(state)
+}
+
+fn parse_id(text: &str) -> Result<u64, ApiError> {
+    // Digits only: a sign, spaces or a fraction are not ids; too large is not an id either.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input id: {text:?} is not a non-negative integer"
+        )));
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| i64::try_from(*id).is_ok())
+        .ok_or_else(|| ApiError::bad_request(format!("Wrong input id: {text} is out of range")))
+}
+
+fn id_param(params: &Params) -> Result<u64, ApiError> {
+    parse_id(params.required_text("id", "id")?)
+}
+
+fn bool_param(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.text(name)? {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid {name}: {other:?} (use true or false)"
+        ))),
+    }
+}
+
+fn queue_error(err: QueueError) -> ApiError {
+    match err {
+        QueueError::NotFound(_) => ApiError::NotFound(err.to_string()),
+        QueueError::Conflict(reason) => ApiError::Conflict(reason),
+        QueueError::Closed => ApiError::Unavailable(err.to_string()),
+        QueueError::Storage(reason) => ApiError::Internal(anyhow::anyhow!(reason)),
+    }
+}
+
+fn json(task: &crate::task::Task) -> Response {
+    axum::Json(task.to_json()).into_response()
+}
+
+async fn new_task(
+    State(app): State<AppState>,
+    params: Params,
+    body: Bytes,
+) -> Result<String, ApiError> {
+    let held = bool_param(&params, "hold")?;
+    let payload = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the payload is not JSON: {e}")))?;
+        Some(value.to_string())
+    };
+    match app
+        .queue
+        .submit(Op::Create { payload, held })
+        .await
+        .map_err(queue_error)?
+    {
+        Outcome::Created(id) => Ok(id.to_string()),
+        other => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+async fn get_by_id(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
+    let id = id_param(&params)?;
+    match app.queue.get(id).await.map_err(ApiError::Internal)? {
+        Some(task) => Ok(json(&task)),
+        None => Err(ApiError::NotFound(format!("no task with id {id}"))),
+    }
+}
+
+async fn get_new_task(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
+    let wait = params.parsed("wait", parse_duration)?;
+    let deadline = Instant::now() + wait.unwrap_or_default().min(app.max_wait);
+    let mut ready = app.queue.ready();
+    loop {
+        // Marks the current version seen before trying, so a task made ready meanwhile wakes us.
+        ready.borrow_and_update();
+        match app.queue.submit(Op::Claim).await.map_err(queue_error)? {
+            Outcome::Claimed(Some(task)) => return Ok(json(&task)),
+            Outcome::Claimed(None) => {}
+            other => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "unexpected outcome {other:?}"
+                )));
+            }
+        }
+        if wait.is_none() {
+            break;
+        }
+        tokio::select! {
+            changed = ready.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep_until(deadline) => break,
+            () = app.shutdown.cancelled() => break,
+        }
+    }
+    Err(ApiError::NotFound("No non-started task.".into()))
+}
+
+async fn act(app: &AppState, params: &Params, action: Action) -> Result<&'static str, ApiError> {
+    let id = id_param(params)?;
+    let lease = params.text("lease")?.map(str::to_owned);
+    let reason = params.text("reason")?.map(str::to_owned);
+    app.queue
+        .submit(Op::Act {
+            id,
+            action,
+            lease,
+            reason,
+        })
+        .await
+        .map_err(queue_error)?;
+    Ok("success")
+}
+
+async fn finish_task(
+    State(app): State<AppState>,
+    params: Params,
+) -> Result<&'static str, ApiError> {
+    act(&app, &params, Action::Finish).await
+}
+
+async fn fail_task(State(app): State<AppState>, params: Params) -> Result<&'static str, ApiError> {
+    let retry = bool_param(&params, "retry")?;
+    act(&app, &params, Action::Fail { retry }).await
+}
+
+async fn extend_lease(
+    State(app): State<AppState>,
+    params: Params,
+) -> Result<&'static str, ApiError> {
+    act(&app, &params, Action::ExtendLease).await
+}
+
+async fn release_task(
+    State(app): State<AppState>,
+    params: Params,
+) -> Result<&'static str, ApiError> {
+    act(&app, &params, Action::Release).await
+}
+
+async fn cancel_task(
+    State(app): State<AppState>,
+    params: Params,
+) -> Result<&'static str, ApiError> {
+    act(&app, &params, Action::Cancel).await
+}
+
+#[derive(serde::Deserialize)]
+struct SetBody {
+    id: serde_json::Value,
+    state: serde_json::Value,
+    #[serde(default)]
+    lease: Option<String>,
+}
+
+async fn set_by_id(State(app): State<AppState>, body: Bytes) -> Result<&'static str, ApiError> {
+    let body: SetBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed task JSON: {e}")))?;
+    // DEFECTS 8: a negative id corrupted the seed's id allocation.
+    let id = body
+        .id
+        .as_u64()
+        .filter(|id| i64::try_from(*id).is_ok())
+        .ok_or_else(|| ApiError::bad_request("Wrong input id: must be a non-negative integer"))?;
+    let state = body
+        .state
+        .as_i64()
+        .and_then(TaskState::from_code)
+        .ok_or_else(|| ApiError::bad_request("Wrong input state: must be 0, 1, 2 or 3"))?;
+    app.queue
+        .submit(Op::Set {
+            id,
+            state,
+            lease: body.lease,
+        })
+        .await
+        .map_err(queue_error)?;
+    Ok("success")
+}
+
+async fn list(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
+    let state = match params.text("state")? {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .and_then(TaskState::from_code)
+                .ok_or_else(|| ApiError::bad_request("Wrong input state: must be 0, 1, 2 or 3"))?,
+        ),
+    };
+    let json_format = match params.text("format")? {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown format {other:?}: use text or json"
+            )));
+        }
+    };
+    let tasks = app.queue.list(state).await.map_err(ApiError::Internal)?;
+    if json_format {
+        let all: Vec<serde_json::Value> = tasks.iter().map(crate::task::Task::to_json).collect();
+        return Ok(axum::Json(all).into_response());
+    }
+    let mut text = String::new();
+    for t in &tasks {
+        text.push_str(&t.line());
+        text.push('\n');
+    }
+    Ok(text.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn ids_are_plain_non_negative_integers() {
+        assert_eq!(parse_id("0").ok(), Some(0));
+        assert_eq!(parse_id("42").ok(), Some(42));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "abc",
+            "0x10",
+            "99999999999999999999",
+            "9223372036854775808",
+        ] {
+            assert!(parse_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! `shoal tasks` over HTTP, on the embedded SQLite store.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use shoal_core::testkit::TestServer;
+use shoal_tasks::Config;
+
+struct Tasks {
+    server: TestServer,
+    client: reqwest::Client,
+}
+
+impl Tasks {
+    async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        shoal_core::client::install_crypto_provider();
+        let mut config = Config::with_data_dir(dir);
+        tweak(&mut config);
+        let server = TestServer::start(move |l, s| shoal_tasks::run(config, l, s))
+            .await
+            .expect("start");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(server.url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Self { server, client };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tasks did not start");
+    }
+
+    async fn call(&self, method: Method, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .request(method, self.server.url(path))
+            .send()
+            .await
+            .expect("send");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    async fn post_body(&self, path: &str, body: &str) -> (u16, String) {
+        let r = self
+            .client
+            .post(self.server.url(path))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("send");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    async fn new_task(&self) -> u64 {
+        let (status, body) = self.call(Method::POST, "/newTask").await;
+        assert_eq!(status, 200, "{body}");
+        body.parse().expect("id")
+    }
+
+    async fn claim(&self) -> Option<Value> {
+        let (status, body) = self.call(Method::POST, "/getNewTask").await;
+        match status {
+            200 => Some(serde_json::from_str(&body).expect("json")),
+            404 => {
+                assert_eq!(body, "Error: No non-started task.");
+                None
+            }
+            s => panic!("getNewTask: {s} {body}"),
+        }
+    }
+
+    async fn task(&self, id: u64) -> Value {
+        let (status, body) = self.call(Method::GET, &format!("/getById?id={id}")).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
+    async fn stop(self) {
+        self.server.stop().await.expect("stop");
+    }
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flow() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    assert_eq!(t.new_task().await, 0, "ids are consecutive from 0");
+    assert_eq!(t.new_task().await, 1);
+    let task = t.task(0).await;
+    assert_eq!(
+        (task["id"].as_u64(), task["state"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let claimed = t.claim().await.expect("a task");
+    assert_eq!(
+        (claimed["id"].as_u64(), claimed["state"].as_u64()),
+        (Some(0), Some(1)),
+        "the oldest"
+    );
+    assert_eq!(claimed["attempts"], 1);
+    assert!(claimed["lease"].is_string() && claimed["lease_expires_at"].is_string());
+    assert_eq!(
+        t.call(Method::POST, "/finishTask?id=0").await,
+        (200, "success".into())
+    );
+    assert_eq!(t.task(0).await["state"], 2);
+    // Finishing a finished task is a conflict; so is finishing a task nobody claimed.
+    assert_eq!(t.call(Method::POST, "/finishTask?id=0").await.0, 409);
+    assert_eq!(t.call(Method::POST, "/finishTask?id=1").await.0, 409);
+    let (status, list) = t.call(Method::GET, "/list").await;
+    assert_eq!(status, 200);
+    assert!(list.starts_with("0 : finished"), "{list}");
+    assert!(
+        list.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("1 : not started")),
+        "{list}"
+    );
+    let (_, only_finished) = t.call(Method::GET, "/list?state=2").await;
+    assert_eq!(only_finished.lines().count(), 1);
+    let (_, json) = t.call(Method::GET, "/list?format=json").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&json)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_400_unknown_ids_404_wrong_methods_405() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    t.new_task().await;
+    for path in [
+        "/getById",
+        "/getById?id=",
+        "/getById?id=-1",
+        "/getById?id=abc",
+        "/getById?id=1.5",
+        "/getById?id=99999999999999999999",
+    ] {
+        assert_eq!(t.call(Method::GET, path).await.0, 400, "{path}");
+    }
+    for path in [
+        "/finishTask?id=-1",
+        "/failTask?id=x",
+        "/extendLease",
+        "/releaseTask?id=+1",
+        "/cancelTask?id=",
+    ] {
+        assert_eq!(t.call(Method::POST, path).await.0, 400, "{path}");
+    }
+    assert_eq!(t.call(Method::GET, "/list?state=7").await.0, 400);
+    assert_eq!(t.call(Method::GET, "/list?format=xml").await.0, 400);
+    assert_eq!(t.call(Method::POST, "/newTask?hold=maybe").await.0, 400);
+    assert_eq!(t.post_body("/newTask", "{not json").await.0, 400);
+    for body in [
+        "{not json",
+        r#"{"id":-1,"state":0}"#,
+        r#"{"id":0,"state":9}"#,
+        r#"{"id":"0","state":0}"#,
+        r#"{"state":1}"#,
+    ] {
+        assert_eq!(t.post_body("/setById", body).await.0, 400, "{body}");
+    }
+    for (method, path) in [
+        (Method::GET, "/getById?id=5"),
+        (Method::POST, "/finishTask?id=5"),
+        (Method::POST, "/failTask?id=5"),
+        (Method::POST, "/extendLease?id=5"),
+        (Method::POST, "/releaseTask?id=5"),
+        (Method::POST, "/cancelTask?id=5"),
+    ] {
+        let (status, body) = t.call(method, path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(body.starts_with("Error: "));
+    }
+    assert_eq!(
+        t.post_body("/setById", r#"{"id":5,"state":0}"#).await.0,
+        404
+    );
+    for (method, path, allowed) in [
+        (Method::GET, "/newTask", "POST"),
+        (Method::GET, "/getNewTask", "POST"),
+        (Method::POST, "/getById?id=0", "GET"),
+        (Method::GET, "/finishTask?id=0", "POST"),
+        (Method::GET, "/setById", "POST"),
+        (Method::POST, "/list", "GET"),
+    ] {
+        assert_eq!(
+            t.call(method, path).await,
+            (405, format!("Error: Only {allowed} accepted."))
+        );
+    }
+    // DEFECTS 8: nothing was created by any of that.
+    let (_, list) = t.call(Method::GET, "/list").await;
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert_eq!(t.new_task().await, 1, "id allocation is intact");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_by_id_follows_the_state_machine() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    let id = t.new_task().await;
+    let set = |state: u8| format!(r#"{{"id":{id},"state":{state}}}"#);
+    assert_eq!(
+        t.post_body("/setById", &set(0)).await,
+        (200, "success".into()),
+        "same state: no-op"
+    );
+    assert_eq!(
+        t.post_body("/setById", &set(2)).await.0,
+        409,
+        "not started → finished"
+    );
+    assert_eq!(t.post_body("/setById", &set(1)).await.0, 200, "claim");
+    assert_eq!(
+        t.post_body("/setById", &set(0)).await.0,
+        200,
+        "explicit release"
+    );
+    assert_eq!(t.post_body("/setById", &set(1)).await.0, 200);
+    assert_eq!(t.post_body("/setById", &set(3)).await.0, 200, "fail");
+    assert_eq!(
+        t.post_body("/setById", &set(2)).await.0,
+        409,
+        "failed → finished"
+    );
+    assert_eq!(
+        t.post_body("/setById", &set(0)).await.0,
+        200,
+        "explicit retry"
+    );
+    assert_eq!(t.post_body("/setById", &set(1)).await.0, 200);
+    assert_eq!(t.post_body("/setById", &set(2)).await.0, 200, "finish");
+    for state in 0..=3 {
+        assert_eq!(
+            t.post_body("/setById", &set(state)).await.0,
+            409,
+            "finished is final ({state})"
+        );
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_and_attempts_are_bounded() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |c| {
+        c.lease = Duration::from_millis(200);
+        c.max_attempts = 2;
+    })
+    .await;
+    let id = t.new_task().await;
+    let first = t.claim().await.expect("claim 1");
+    assert!(t.claim().await.is_none(), "held by a lease");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = t
+        .claim()
+        .await
+        .expect("re-delivered after the lease ran out");
+    assert_eq!(second["id"], id);
+    assert_eq!(second["attempts"], 2);
+    // The first worker's lease is stale: it cannot finish the task the second one holds.
+    let stale = first["lease"].as_str().expect("lease");
+    assert_eq!(
+        t.call(Method::POST, &format!("/finishTask?id={id}&lease={stale}"))
+            .await
+            .0,
+        409
+    );
+    // Extending the lease keeps it.
+    let lease = second["lease"].as_str().expect("lease").to_owned();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            t.call(Method::POST, &format!("/extendLease?id={id}&lease={lease}"))
+                .await
+                .0,
+            200
+        );
+    }
+    assert!(t.claim().await.is_none());
+    // DEFECTS 9: after max attempts an expiring lease fails the task instead of looping.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.claim().await.is_none());
+    let task = t.task(id).await;
+    assert_eq!(task["state"], 3, "{task}");
+    assert!(
+        task["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("attempts")),
+        "{task}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_task_with_and_without_retry_and_cancel() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    let a = t.new_task().await;
+    let b = t.new_task().await;
+    t.claim().await.expect("a");
+    assert_eq!(
+        t.call(
+            Method::POST,
+            &format!("/failTask?id={a}&retry=true&reason=flaky")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(t.task(a).await["state"], 0, "back in the queue");
+    t.claim().await.expect("a again");
+    assert_eq!(
+        t.call(
+            Method::POST,
+            &format!("/failTask?id={a}&reason=bad%20image")
+        )
+        .await
+        .0,
+        200
+    );
+    let task = t.task(a).await;
+    assert_eq!(
+        (task["state"].as_u64(), task["error"].as_str()),
+        (Some(3), Some("bad image"))
+    );
+    assert_eq!(
+        t.call(Method::POST, &format!("/cancelTask?id={b}")).await.0,
+        200
+    );
+    let task = t.task(b).await;
+    assert_eq!(
+        (task["state"].as_u64(), task["error"].as_str()),
+        (Some(3), Some("cancelled"))
+    );
+    assert_eq!(
+        t.call(Method::POST, &format!("/cancelTask?id={b}")).await.0,
+        409
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_tasks_are_invisible_until_released_and_fail_if_never_released() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |c| c.hold_timeout = Duration::from_millis(400)).await;
+    let (status, body) = t.call(Method::POST, "/newTask?hold=true").await;
+    assert_eq!(status, 200);
+    let held: u64 = body.parse().expect("id");
+    assert_eq!(t.task(held).await["held"], true);
+    assert!(t.claim().await.is_none(), "held: invisible");
+    assert_eq!(
+        t.call(Method::POST, &format!("/releaseTask?id={held}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(t.claim().await.expect("released")["id"], held);
+    let (_, body) = t.call(Method::POST, "/newTask?hold=true").await;
+    let orphan: u64 = body.parse().expect("id");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let task = t.task(orphan).await;
+    assert_eq!(
+        (task["state"].as_u64(), task["error"].as_str()),
+        (Some(3), Some("never released"))
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_travel_with_the_task() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    let (status, id) = t
+        .post_body("/newTask", r#"{"op":"grayscale","format":"png"}"#)
+        .await;
+    assert_eq!(status, 200);
+    let claimed = t.claim().await.expect("task");
+    assert_eq!(claimed["id"].as_u64(), id.parse().ok());
+    assert_eq!(claimed["payload"]["op"], "grayscale");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_polling_claimer_gets_a_task_created_after_it_started_waiting() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    let client = t.client.clone();
+    let url = t.server.url("/getNewTask?wait=10s");
+    let started = Instant::now();
+    let waiter =
+        tokio::spawn(async move { client.post(url).send().await.expect("send").text().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    let id = t.new_task().await;
+    let body = waiter.await.expect("join").expect("body");
+    let task: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(task["id"], id);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // With nothing to do, the wait ends with the seed's 404.
+    assert_eq!(t.call(Method::POST, "/getNewTask?wait=200ms").await.0, 404);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_transitions_survive_a_restart() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    for _ in 0..5 {
+        t.new_task().await;
+    }
+    t.claim().await.expect("0");
+    t.call(Method::POST, "/finishTask?id=0").await;
+    t.claim().await.expect("1");
+    let before = t.call(Method::GET, "/list").await.1;
+    t.stop().await;
+    let t = Tasks::start(d.path(), |_| {}).await;
+    assert_eq!(t.call(Method::GET, "/list").await.1, before);
+    assert_eq!(t.new_task().await, 5, "ids continue");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimers_get_each_task_exactly_once() {
+    let d = dir();
+    let t = Tasks::start(d.path(), |_| {}).await;
+    const TASKS: u64 = 2000;
+    let mut creators = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = t.client.clone();
+        let url = t.server.url("/newTask");
+        creators.spawn(async move {
+            for _ in 0..TASKS / 8 {
+                assert_eq!(client.post(&url).send().await.expect("send").status(), 200);
+            }
+        });
+    }
+    while let Some(r) = creators.join_next().await {
+        r.expect("creator");
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let client = t.client.clone();
+        let base = t.server.base_url.clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let r = client
+                    .post(format!("{base}/getNewTask"))
+                    .send()
+                    .await
+                    .expect("send");
+                if r.status() == 404 {
+                    return mine;
+                }
+                let task: Value =
+                    serde_json::from_str(&r.text().await.expect("body")).expect("json");
+                let id = task["id"].as_u64().expect("id");
+                let lease = task["lease"].as_str().expect("lease").to_owned();
+                let r = client
+                    .post(format!("{base}/finishTask?id={id}&lease={lease}"))
+                    .send()
+                    .await
+                    .expect("finish");
+                assert_eq!(r.status(), 200, "finish {id}");
+                mine.push(id);
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    while let Some(r) = claimers.join_next().await {
+        for id in r.expect("claimer") {
+            assert!(seen.insert(id), "task {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len() as u64, TASKS, "every task claimed once");
+    let (_, finished) = t.call(Method::GET, "/list?state=2").await;
+    assert_eq!(finished.lines().count() as u64, TASKS);
+    t.stop().await;
+}
