@@ -9,7 +9,8 @@
 //! - [`config`]: the flags.
 //! - [`state`]: task states and the one function that decides every transition.
 //! - [`task`]: a task as stored and as shown.
-//! - [`queue`]: the embedded SQLite queue and its group-committing writer.
+//! - [`queue`]: the queue on SQLite (one group-committing writer) or PostgreSQL (replicas,
+//!   `FOR UPDATE SKIP LOCKED`).
 //! - [`http`]: the routes.
 
 pub mod config;
@@ -44,7 +45,10 @@ pub async fn run(
         hold_timeout: config.hold_timeout,
         max_attempts: config.max_attempts,
     };
-    let queue = Queue::open(&config.data_dir, config.full_sync, limits).await?;
+    let queue = match &config.common.database_url {
+        Some(url) => Queue::open_postgres(url.expose(), limits).await?,
+        None => Queue::open(&config.data_dir, config.full_sync, limits).await?,
+    };
     let cancel = CancellationToken::new();
     let advertised = config.net.advertised(listener.local_addr()?);
     let registration = match &config.common.kv {

@@ -1,8 +1,12 @@
-//! The queue on the embedded SQLite file: one connection, one writer task.
+//! The queue: on the embedded SQLite file (one connection, one writer task), or on
+//! PostgreSQL (schema `shoal_tasks`, shared by any number of replicas).
 //!
-//! Every change goes through the writer, which applies whatever operations are waiting in one
-//! transaction (group commit) and answers only after the commit, so an acknowledged transition
-//! is durable. Each operation reads the task, asks [`crate::state::decide`] what the action
+//! SQLite: every change goes through the writer, which applies whatever operations are waiting
+//! in one transaction (group commit) and answers only after the commit, so an acknowledged
+//! transition is durable. PostgreSQL: each request runs in its own transaction; claims take
+//! the oldest ready row `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any replica never
+//! get the same task, and commits that make tasks ready send a `NOTIFY` that wakes long polls
+//! on every replica. Each operation reads the task, asks [`crate::state::decide`] what the action
 //! does, and writes the result: one decision function for every route. Expired leases are
 //! returned at claim time (and by a once-a-second sweep, for visibility), never by a sleeping
 //! task per claim.
@@ -11,14 +15,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Row as _, Sqlite, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::state::{self, Action, Effect, State};
 use crate::task::Task;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL schema holding the tasks tables.
+pub const SCHEMA: &str = "shoal_tasks";
+const CREATE_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS shoal_tasks";
+/// Notified when tasks may have become ready, so long polls on every replica wake up.
+const READY_CHANNEL: &str = "shoal_tasks_ready";
 
 /// Timing and limits of the queue.
 #[derive(Clone, Debug)]
@@ -95,9 +106,16 @@ pub enum QueueError {
 
 type Reply = oneshot::Sender<Result<Outcome, QueueError>>;
 
+enum Backend {
+    Sqlite {
+        conn: Mutex<SqliteConnection>,
+        commands: mpsc::Sender<(Op, Reply)>,
+    },
+    Postgres(PgPool),
+}
+
 struct Shared {
-    conn: Mutex<SqliteConnection>,
-    commands: mpsc::Sender<(Op, Reply)>,
+    backend: Backend,
     ready: watch::Sender<u64>,
     limits: Limits,
 }
@@ -127,35 +145,23 @@ fn millis(d: Duration) -> i64 {
 
 const MAX_BATCH: usize = 512;
 
-fn row_to_task(row: &sqlx::sqlite::SqliteRow) -> Task {
-    Task {
-        id: row.get::<i64, _>(0).max(0).cast_unsigned(),
-        state: State::from_code(row.get(1)).unwrap_or(State::Failed),
-        held: row.get::<i64, _>(2) != 0,
-        payload: row.get(3),
-        attempts: u32::try_from(row.get::<i64, _>(4)).unwrap_or(u32::MAX),
-        error: row.get(5),
-        lease: row.get(6),
-        lease_expires_at: row.get(7),
-        hold_expires_at: row.get(8),
-    }
-}
-
 impl Queue {
     /// Opens `tasks.sqlite3` in `dir` and starts the writer; it stops with the last handle.
     pub async fn open(dir: &Path, full_sync: bool, limits: Limits) -> anyhow::Result<Self> {
         let conn = shoal_core::db::open_sqlite_exclusive(
             &dir.join("tasks.sqlite3"),
             full_sync,
-            &MIGRATOR,
+            &SQLITE_MIGRATOR,
             "tasks",
         )
         .await?;
         let (commands, receiver) = mpsc::channel(MAX_BATCH);
         let (ready, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            conn: Mutex::new(conn),
-            commands,
+            backend: Backend::Sqlite {
+                conn: Mutex::new(conn),
+                commands,
+            },
             ready,
             limits,
         });
@@ -163,40 +169,56 @@ impl Queue {
         Ok(Self { shared })
     }
 
+    /// Connects to PostgreSQL (schema `shoal_tasks`), which any number of replicas may share,
+    /// and starts this replica's expiry sweep and readiness listener.
+    pub async fn open_postgres(url: &str, limits: Limits) -> anyhow::Result<Self> {
+        let pool =
+            shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 16, &POSTGRES_MIGRATOR)
+                .await?;
+        let (ready, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            backend: Backend::Postgres(pool.clone()),
+            ready,
+            limits,
+        });
+        tokio::spawn(postgres_sweeper(Arc::downgrade(&shared)));
+        tokio::spawn(postgres_listener(Arc::downgrade(&shared), pool));
+        Ok(Self { shared })
+    }
+
     /// Applies `op`; durable when this returns.
     pub async fn submit(&self, op: Op) -> Result<Outcome, QueueError> {
-        let (reply, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send((op, reply))
-            .await
-            .map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
+        match &self.shared.backend {
+            Backend::Sqlite { commands, .. } => {
+                let (reply, rx) = oneshot::channel();
+                commands
+                    .send((op, reply))
+                    .await
+                    .map_err(|_| QueueError::Closed)?;
+                rx.await.map_err(|_| QueueError::Closed)?
+            }
+            Backend::Postgres(pool) => postgres_submit(&self.shared, pool, op).await,
+        }
     }
 
     /// The task with this id.
     pub async fn get(&self, id: u64) -> anyhow::Result<Option<Task>> {
-        let mut conn = self.shared.conn.lock().await;
-        let row = sqlx::query(SELECT_ONE)
-            .bind(id.cast_signed())
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(row.as_ref().map(row_to_task))
+        Ok(match &self.shared.backend {
+            Backend::Sqlite { conn, .. } => {
+                sqlite_queries::get(&mut *conn.lock().await, id).await?
+            }
+            Backend::Postgres(pool) => postgres_queries::get(pool, id).await?,
+        })
     }
 
     /// Tasks in id order, optionally of one state.
     pub async fn list(&self, state: Option<State>) -> anyhow::Result<Vec<Task>> {
-        let mut conn = self.shared.conn.lock().await;
-        let rows = match state {
-            Some(s) => {
-                sqlx::query(SELECT_BY_STATE)
-                    .bind(i64::from(s.code()))
-                    .fetch_all(&mut *conn)
-                    .await?
+        Ok(match &self.shared.backend {
+            Backend::Sqlite { conn, .. } => {
+                sqlite_queries::list(&mut *conn.lock().await, state).await?
             }
-            None => sqlx::query(SELECT_ALL).fetch_all(&mut *conn).await?,
-        };
-        Ok(rows.iter().map(row_to_task).collect())
+            Backend::Postgres(pool) => postgres_queries::list(pool, state).await?,
+        })
     }
 
     /// Changes whenever tasks may have become ready (created, released, returned).
@@ -206,25 +228,114 @@ impl Queue {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&mut *self.shared.conn.lock().await)
-            .await?;
+        match &self.shared.backend {
+            Backend::Sqlite { conn, .. } => {
+                sqlx::query("SELECT 1")
+                    .execute(&mut *conn.lock().await)
+                    .await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
         Ok(())
     }
 }
 
-const SELECT_ALL: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks ORDER BY id";
-const SELECT_BY_STATE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks WHERE state = ?1 ORDER BY id";
-const SELECT_ONE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks WHERE id = ?1";
-const SELECT_READY: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks WHERE state = 0 AND held = 0 ORDER BY id LIMIT 1";
-const SELECT_EXPIRED_LEASES: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks WHERE state = 1 AND lease_expires_at <= ?1";
-const SELECT_EXPIRED_HOLDS: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-     lease_expires_at, hold_expires_at FROM tasks WHERE state = 0 AND held = 1 AND hold_expires_at <= ?1";
+/// One operation in its own transaction (concurrency comes from PostgreSQL's row locks). A
+/// claim first settles expired leases, as the SQLite writer does for each batch.
+async fn postgres_submit(shared: &Shared, pool: &PgPool, op: Op) -> Result<Outcome, QueueError> {
+    let mut work = Work {
+        limits: &shared.limits,
+        now: now_ms(),
+        ready_changed: false,
+    };
+    let storage = |e: sqlx::Error| QueueError::Storage(e.to_string());
+    let mut tx = pool.begin().await.map_err(storage)?;
+    if matches!(op, Op::Claim) {
+        postgres_queries::expire(&mut work, &mut tx)
+            .await
+            .map_err(storage)?;
+    }
+    let outcome = postgres_queries::apply(&mut work, &mut tx, op)
+        .await
+        .map_err(storage)?;
+    if work.ready_changed {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(READY_CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+    }
+    tx.commit().await.map_err(storage)?;
+    if work.ready_changed {
+        shared.ready.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    outcome
+}
+
+/// Settles expired leases and holds once a second, so `getById` and `list` show them.
+async fn postgres_sweeper(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Backend::Postgres(pool) = &shared.backend else {
+            return;
+        };
+        let mut work = Work {
+            limits: &shared.limits,
+            now: now_ms(),
+            ready_changed: false,
+        };
+        let result = async {
+            let mut tx = pool.begin().await?;
+            postgres_queries::expire(&mut work, &mut tx).await?;
+            if work.ready_changed {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(READY_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "expiry sweep failed; will retry");
+        }
+    }
+}
+
+/// Wakes this replica's long polls when any replica makes tasks ready (and every few seconds,
+/// in case a notification was missed while reconnecting).
+async fn postgres_listener(shared: std::sync::Weak<Shared>, pool: PgPool) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut l) => {
+                    if l.listen(READY_CHANNEL).await.is_ok() {
+                        listener = Some(l);
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot LISTEN for ready tasks"),
+            }
+        }
+        match listener.as_mut() {
+            Some(l) => match tokio::time::timeout(Duration::from_secs(2), l.try_recv()).await {
+                Ok(Ok(Some(_))) | Ok(Ok(None)) | Err(_) => {}
+                Ok(Err(_)) => listener = None,
+            },
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.ready.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
 
 async fn writer(shared: std::sync::Weak<Shared>, mut commands: mpsc::Receiver<(Op, Reply)>) {
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -260,14 +371,17 @@ async fn process(shared: &Shared, batch: Vec<(Op, Reply)>) {
         now,
         ready_changed: false,
     };
-    let mut conn = shared.conn.lock().await;
+    let Backend::Sqlite { conn, .. } = &shared.backend else {
+        return;
+    };
+    let mut conn = conn.lock().await;
     let result: Result<Vec<Result<Outcome, QueueError>>, sqlx::Error> = async {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         // Leases and holds that ran out are settled before anything else is decided.
-        work.expire(&mut tx).await?;
+        sqlite_queries::expire(&mut work, &mut tx).await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
-            outcomes.push(work.apply(&mut tx, op).await?);
+            outcomes.push(sqlite_queries::apply(&mut work, &mut tx, op).await?);
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -298,41 +412,19 @@ struct Work<'a> {
     ready_changed: bool,
 }
 
-impl Work<'_> {
-    async fn expire(&mut self, tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
-        let leases = sqlx::query(SELECT_EXPIRED_LEASES)
-            .bind(self.now)
-            .fetch_all(&mut **tx)
-            .await?;
-        for row in &leases {
-            let mut task = row_to_task(row);
-            if let Ok(effect) = state::decide(
-                task.snapshot(),
-                Action::LeaseExpired,
-                self.limits.max_attempts,
-            ) {
-                self.change(&mut task, effect, None);
-                write(tx, &task, self.now).await?;
-            }
-        }
-        let holds = sqlx::query(SELECT_EXPIRED_HOLDS)
-            .bind(self.now)
-            .fetch_all(&mut **tx)
-            .await?;
-        for row in &holds {
-            let mut task = row_to_task(row);
-            if let Ok(effect) = state::decide(
-                task.snapshot(),
-                Action::HoldExpired,
-                self.limits.max_attempts,
-            ) {
-                self.change(&mut task, effect, None);
-                write(tx, &task, self.now).await?;
-            }
-        }
-        Ok(())
+/// A caller that names a claim must hold the current one: a slow worker whose lease ran out
+/// and whose task was claimed again cannot finish or fail it.
+fn check_lease(task: &Task, lease: Option<&str>) -> Result<(), QueueError> {
+    match lease {
+        Some(l) if task.lease.as_deref() != Some(l) => Err(QueueError::Conflict(format!(
+            "lease {l} does not hold task {} (it ran out or the task was claimed again)",
+            task.id
+        ))),
+        _ => Ok(()),
     }
+}
 
+impl Work<'_> {
     /// Applies an effect to a task in memory.
     fn change(&mut self, task: &mut Task, effect: Effect, reason: Option<String>) {
         match effect {
@@ -368,139 +460,237 @@ impl Work<'_> {
             }
         }
     }
+}
 
-    async fn apply(
-        &mut self,
-        tx: &mut Transaction<'_, Sqlite>,
-        op: Op,
-    ) -> Result<Result<Outcome, QueueError>, sqlx::Error> {
-        match op {
-            Op::Create { payload, held } => {
-                let id: i64 = sqlx::query("SELECT next_id FROM tasks_meta WHERE id = 1")
-                    .fetch_one(&mut **tx)
-                    .await?
-                    .get(0);
-                let hold_expires_at =
-                    held.then(|| self.now.saturating_add(millis(self.limits.hold_timeout)));
-                sqlx::query(
-                    "INSERT INTO tasks (id, state, held, payload, attempts, error, lease, \
-                     lease_expires_at, hold_expires_at, created_at, updated_at) \
-                     VALUES (?1, 0, ?2, ?3, 0, NULL, NULL, NULL, ?4, ?5, ?5)",
-                )
-                .bind(id)
-                .bind(i64::from(held))
-                .bind(payload)
-                .bind(hold_expires_at)
-                .bind(self.now)
-                .execute(&mut **tx)
+/// The operations, written once for both databases: `$lock` is the row lock a claim or an
+/// expiry takes (PostgreSQL skips rows another replica holds), `$meta_lock` the lock on the id
+/// counter (PostgreSQL waits for it, so ids stay consecutive across replicas).
+macro_rules! queries {
+    ($db:ty, $row:ty, $lock:literal, $meta_lock:literal) => {
+        use sqlx::{Row as _, Transaction};
+
+        use super::*;
+
+        const SELECT_ALL: &str = "SELECT id, state, held, payload, attempts, error, lease, \
+             lease_expires_at, hold_expires_at FROM tasks ORDER BY id";
+        const SELECT_BY_STATE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
+             lease_expires_at, hold_expires_at FROM tasks WHERE state = $1 ORDER BY id";
+        const SELECT_ONE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
+             lease_expires_at, hold_expires_at FROM tasks WHERE id = $1";
+        const SELECT_READY: &str = concat!(
+            "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+             hold_expires_at FROM tasks WHERE state = 0 AND held = 0 ORDER BY id LIMIT 1",
+            $lock
+        );
+        const SELECT_EXPIRED_LEASES: &str = concat!(
+            "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+             hold_expires_at FROM tasks WHERE state = 1 AND lease_expires_at <= $1",
+            $lock
+        );
+        const SELECT_EXPIRED_HOLDS: &str = concat!(
+            "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+             hold_expires_at FROM tasks WHERE state = 0 AND held = 1 AND hold_expires_at <= $1",
+            $lock
+        );
+        const SELECT_NEXT_ID: &str =
+            concat!("SELECT next_id FROM tasks_meta WHERE id = 1", $meta_lock);
+
+        fn row_to_task(row: &$row) -> Task {
+            Task {
+                id: row.get::<i64, _>(0).max(0).cast_unsigned(),
+                state: State::from_code(row.get(1)).unwrap_or(State::Failed),
+                held: row.get::<i64, _>(2) != 0,
+                payload: row.get(3),
+                attempts: u32::try_from(row.get::<i64, _>(4)).unwrap_or(u32::MAX),
+                error: row.get(5),
+                lease: row.get(6),
+                lease_expires_at: row.get(7),
+                hold_expires_at: row.get(8),
+            }
+        }
+
+        pub(super) async fn get<'e, E>(executor: E, id: u64) -> Result<Option<Task>, sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            let row = sqlx::query(SELECT_ONE)
+                .bind(id.cast_signed())
+                .fetch_optional(executor)
                 .await?;
-                sqlx::query("UPDATE tasks_meta SET next_id = ?1 WHERE id = 1")
-                    .bind(id + 1)
+            Ok(row.as_ref().map(row_to_task))
+        }
+
+        pub(super) async fn list<'e, E>(executor: E, state: Option<State>) -> Result<Vec<Task>, sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            let rows = match state {
+                Some(s) => {
+                    sqlx::query(SELECT_BY_STATE)
+                        .bind(i64::from(s.code()))
+                        .fetch_all(executor)
+                        .await?
+                }
+                None => sqlx::query(SELECT_ALL).fetch_all(executor).await?,
+            };
+            Ok(rows.iter().map(row_to_task).collect())
+        }
+
+        /// Settles leases and holds that ran out.
+        pub(super) async fn expire(
+            work: &mut Work<'_>,
+            tx: &mut Transaction<'_, $db>,
+        ) -> Result<(), sqlx::Error> {
+            for (query, action) in [
+                (SELECT_EXPIRED_LEASES, Action::LeaseExpired),
+                (SELECT_EXPIRED_HOLDS, Action::HoldExpired),
+            ] {
+                let rows = sqlx::query(query).bind(work.now).fetch_all(&mut **tx).await?;
+                for row in &rows {
+                    let mut task = row_to_task(row);
+                    if let Ok(effect) =
+                        state::decide(task.snapshot(), action, work.limits.max_attempts)
+                    {
+                        work.change(&mut task, effect, None);
+                        write(tx, &task, work.now).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        pub(super) async fn apply(
+            work: &mut Work<'_>,
+            tx: &mut Transaction<'_, $db>,
+            op: Op,
+        ) -> Result<Result<Outcome, QueueError>, sqlx::Error> {
+            match op {
+                Op::Create { payload, held } => {
+                    let id: i64 = sqlx::query(SELECT_NEXT_ID).fetch_one(&mut **tx).await?.get(0);
+                    let hold_expires_at =
+                        held.then(|| work.now.saturating_add(millis(work.limits.hold_timeout)));
+                    sqlx::query(
+                        "INSERT INTO tasks (id, state, held, payload, attempts, error, lease, \
+                         lease_expires_at, hold_expires_at, created_at, updated_at) \
+                         VALUES ($1, 0, $2, $3, 0, NULL, NULL, NULL, $4, $5, $5)",
+                    )
+                    .bind(id)
+                    .bind(i64::from(held))
+                    .bind(payload)
+                    .bind(hold_expires_at)
+                    .bind(work.now)
                     .execute(&mut **tx)
                     .await?;
-                if !held {
-                    self.ready_changed = true;
-                }
-                Ok(Ok(Outcome::Created(id.cast_unsigned())))
-            }
-            Op::Claim => {
-                let Some(row) = sqlx::query(SELECT_READY).fetch_optional(&mut **tx).await? else {
-                    return Ok(Ok(Outcome::Claimed(None)));
-                };
-                let mut task = row_to_task(&row);
-                match state::decide(task.snapshot(), Action::Claim, self.limits.max_attempts) {
-                    Ok(effect) => {
-                        self.change(&mut task, effect, None);
-                        write(tx, &task, self.now).await?;
-                        Ok(Ok(Outcome::Claimed(Some(task))))
+                    sqlx::query("UPDATE tasks_meta SET next_id = $1 WHERE id = 1")
+                        .bind(id + 1)
+                        .execute(&mut **tx)
+                        .await?;
+                    if !held {
+                        work.ready_changed = true;
                     }
-                    Err(_) => Ok(Ok(Outcome::Claimed(None))),
+                    Ok(Ok(Outcome::Created(id.cast_unsigned())))
                 }
-            }
-            Op::Act {
-                id,
-                action,
-                lease,
-                reason,
-            } => {
-                let Some(mut task) = self.load(tx, id).await? else {
-                    return Ok(Err(QueueError::NotFound(id)));
-                };
-                if let Err(e) = check_lease(&task, lease.as_deref()) {
-                    return Ok(Err(e));
-                }
-                match state::decide(task.snapshot(), action, self.limits.max_attempts) {
-                    Ok(effect) => {
-                        self.change(&mut task, effect, reason);
-                        write(tx, &task, self.now).await?;
-                        Ok(Ok(Outcome::Done(task)))
+                Op::Claim => {
+                    let Some(row) = sqlx::query(SELECT_READY).fetch_optional(&mut **tx).await? else {
+                        return Ok(Ok(Outcome::Claimed(None)));
+                    };
+                    let mut task = row_to_task(&row);
+                    match state::decide(task.snapshot(), Action::Claim, work.limits.max_attempts) {
+                        Ok(effect) => {
+                            work.change(&mut task, effect, None);
+                            write(tx, &task, work.now).await?;
+                            Ok(Ok(Outcome::Claimed(Some(task))))
+                        }
+                        Err(_) => Ok(Ok(Outcome::Claimed(None))),
                     }
-                    Err(refusal) => Ok(Err(QueueError::Conflict(refusal.0))),
                 }
-            }
-            Op::Set {
-                id,
-                state: target,
-                lease,
-            } => {
-                let Some(mut task) = self.load(tx, id).await? else {
-                    return Ok(Err(QueueError::NotFound(id)));
-                };
-                if let Err(e) = check_lease(&task, lease.as_deref()) {
-                    return Ok(Err(e));
-                }
-                match state::set_by_id(task.snapshot(), target, self.limits.max_attempts) {
-                    Ok(effect) => {
-                        self.change(&mut task, effect, None);
-                        write(tx, &task, self.now).await?;
-                        Ok(Ok(Outcome::Done(task)))
+                Op::Act {
+                    id,
+                    action,
+                    lease,
+                    reason,
+                } => {
+                    let Some(mut task) = load(tx, id).await? else {
+                        return Ok(Err(QueueError::NotFound(id)));
+                    };
+                    if let Err(e) = check_lease(&task, lease.as_deref()) {
+                        return Ok(Err(e));
                     }
-                    Err(refusal) => Ok(Err(QueueError::Conflict(refusal.0))),
+                    match state::decide(task.snapshot(), action, work.limits.max_attempts) {
+                        Ok(effect) => {
+                            work.change(&mut task, effect, reason);
+                            write(tx, &task, work.now).await?;
+                            Ok(Ok(Outcome::Done(task)))
+                        }
+                        Err(refusal) => Ok(Err(QueueError::Conflict(refusal.0))),
+                    }
+                }
+                Op::Set {
+                    id,
+                    state: target,
+                    lease,
+                } => {
+                    let Some(mut task) = load(tx, id).await? else {
+                        return Ok(Err(QueueError::NotFound(id)));
+                    };
+                    if let Err(e) = check_lease(&task, lease.as_deref()) {
+                        return Ok(Err(e));
+                    }
+                    match state::set_by_id(task.snapshot(), target, work.limits.max_attempts) {
+                        Ok(effect) => {
+                            work.change(&mut task, effect, None);
+                            write(tx, &task, work.now).await?;
+                            Ok(Ok(Outcome::Done(task)))
+                        }
+                        Err(refusal) => Ok(Err(QueueError::Conflict(refusal.0))),
+                    }
                 }
             }
         }
-    }
 
-    async fn load(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        id: u64,
-    ) -> Result<Option<Task>, sqlx::Error> {
-        let row = sqlx::query(SELECT_ONE)
+        /// The task, locked for this transaction on PostgreSQL.
+        async fn load(tx: &mut Transaction<'_, $db>, id: u64) -> Result<Option<Task>, sqlx::Error> {
+            let row = sqlx::query(concat!(
+                "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+                 hold_expires_at FROM tasks WHERE id = $1",
+                $meta_lock
+            ))
             .bind(id.cast_signed())
             .fetch_optional(&mut **tx)
             .await?;
-        Ok(row.as_ref().map(row_to_task))
-    }
+            Ok(row.as_ref().map(row_to_task))
+        }
+
+        async fn write(tx: &mut Transaction<'_, $db>, task: &Task, now: i64) -> Result<(), sqlx::Error> {
+            sqlx::query(
+                "UPDATE tasks SET state = $1, held = $2, attempts = $3, error = $4, lease = $5, \
+                 lease_expires_at = $6, hold_expires_at = $7, updated_at = $8 WHERE id = $9",
+            )
+            .bind(i64::from(task.state.code()))
+            .bind(i64::from(task.held))
+            .bind(i64::from(task.attempts))
+            .bind(&task.error)
+            .bind(&task.lease)
+            .bind(task.lease_expires_at)
+            .bind(task.hold_expires_at)
+            .bind(now)
+            .bind(task.id.cast_signed())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+    };
 }
 
-/// A caller that names a claim must hold the current one: a slow worker whose lease ran out
-/// and whose task was claimed again cannot finish or fail it.
-fn check_lease(task: &Task, lease: Option<&str>) -> Result<(), QueueError> {
-    match lease {
-        Some(l) if task.lease.as_deref() != Some(l) => Err(QueueError::Conflict(format!(
-            "lease {l} does not hold task {} (it ran out or the task was claimed again)",
-            task.id
-        ))),
-        _ => Ok(()),
-    }
+mod sqlite_queries {
+    queries!(sqlx::Sqlite, sqlx::sqlite::SqliteRow, "", "");
 }
 
-async fn write(tx: &mut Transaction<'_, Sqlite>, task: &Task, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE tasks SET state = ?1, held = ?2, attempts = ?3, error = ?4, lease = ?5, \
-         lease_expires_at = ?6, hold_expires_at = ?7, updated_at = ?8 WHERE id = ?9",
-    )
-    .bind(i64::from(task.state.code()))
-    .bind(i64::from(task.held))
-    .bind(i64::from(task.attempts))
-    .bind(&task.error)
-    .bind(&task.lease)
-    .bind(task.lease_expires_at)
-    .bind(task.hold_expires_at)
-    .bind(now)
-    .bind(task.id.cast_signed())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+mod postgres_queries {
+    queries!(
+        sqlx::Postgres,
+        sqlx::postgres::PgRow,
+        " FOR UPDATE SKIP LOCKED",
+        " FOR UPDATE"
+    );
 }

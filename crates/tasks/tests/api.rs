@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 use shoal_core::testkit::TestServer;
+use shoal_core::testkit::postgres::PgServer;
 use shoal_tasks::Config;
 
 struct Tasks {
@@ -13,10 +14,64 @@ struct Tasks {
     client: reqwest::Client,
 }
 
+/// Where a test's tasks live; outlives restarts within the test.
+enum Storage {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+static PG: std::sync::OnceLock<Option<PgServer>> = std::sync::OnceLock::new();
+
+impl Storage {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn postgres() -> Option<Self> {
+        let server = PG
+            .get_or_init(|| PgServer::start().expect("start PostgreSQL"))
+            .as_ref()?;
+        Some(Self::Postgres(server.fresh_database().expect("database")))
+    }
+
+    fn config(&self) -> Config {
+        match self {
+            Self::Sqlite(dir) => Config::with_data_dir(dir.path()),
+            Self::Postgres(url) => {
+                let mut c = Config::with_data_dir("/nonexistent-unused");
+                c.common.database_url = Some(shoal_core::config::Secret::new(url.clone()));
+                c
+            }
+        }
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Storage::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(storage) = super::Storage::postgres() else { return };
+                    super::$case(storage).await;
+                }
+            )*
+        }
+    };
+}
+
 impl Tasks {
-    async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
+    async fn start(storage: &Storage, tweak: impl FnOnce(&mut Config)) -> Self {
         shoal_core::client::install_crypto_provider();
-        let mut config = Config::with_data_dir(dir);
+        let mut config = storage.config();
         tweak(&mut config);
         let server = TestServer::start(move |l, s| shoal_tasks::run(config, l, s))
             .await
@@ -86,14 +141,21 @@ impl Tasks {
     }
 }
 
-fn dir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("tempdir")
-}
+on_both_backends!(
+    seed_flow,
+    bad_input_is_400_unknown_ids_404_wrong_methods_405,
+    set_by_id_follows_the_state_machine,
+    leases_expire_and_attempts_are_bounded,
+    fail_task_with_and_without_retry_and_cancel,
+    held_tasks_are_invisible_until_released_and_fail_if_never_released,
+    payloads_travel_with_the_task,
+    a_long_polling_claimer_gets_a_task_created_after_it_started_waiting,
+    acknowledged_transitions_survive_a_restart,
+    concurrent_claimers_get_each_task_exactly_once,
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_flow() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn seed_flow(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     assert_eq!(t.new_task().await, 0, "ids are consecutive from 0");
     assert_eq!(t.new_task().await, 1);
     let task = t.task(0).await;
@@ -139,10 +201,8 @@ async fn seed_flow() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_400_unknown_ids_404_wrong_methods_405() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn bad_input_is_400_unknown_ids_404_wrong_methods_405(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     t.new_task().await;
     for path in [
         "/getById",
@@ -212,10 +272,8 @@ async fn bad_input_is_400_unknown_ids_404_wrong_methods_405() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_by_id_follows_the_state_machine() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn set_by_id_follows_the_state_machine(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     let id = t.new_task().await;
     let set = |state: u8| format!(r#"{{"id":{id},"state":{state}}}"#);
     assert_eq!(
@@ -258,10 +316,8 @@ async fn set_by_id_follows_the_state_machine() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_expire_and_attempts_are_bounded() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |c| {
+async fn leases_expire_and_attempts_are_bounded(storage: Storage) {
+    let t = Tasks::start(&storage, |c| {
         c.lease = Duration::from_millis(200);
         c.max_attempts = 2;
     })
@@ -310,10 +366,8 @@ async fn leases_expire_and_attempts_are_bounded() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_task_with_and_without_retry_and_cancel() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn fail_task_with_and_without_retry_and_cancel(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     let a = t.new_task().await;
     let b = t.new_task().await;
     t.claim().await.expect("a");
@@ -358,10 +412,8 @@ async fn fail_task_with_and_without_retry_and_cancel() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_tasks_are_invisible_until_released_and_fail_if_never_released() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |c| c.hold_timeout = Duration::from_millis(400)).await;
+async fn held_tasks_are_invisible_until_released_and_fail_if_never_released(storage: Storage) {
+    let t = Tasks::start(&storage, |c| c.hold_timeout = Duration::from_millis(400)).await;
     let (status, body) = t.call(Method::POST, "/newTask?hold=true").await;
     assert_eq!(status, 200);
     let held: u64 = body.parse().expect("id");
@@ -385,10 +437,8 @@ async fn held_tasks_are_invisible_until_released_and_fail_if_never_released() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_travel_with_the_task() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn payloads_travel_with_the_task(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     let (status, id) = t
         .post_body("/newTask", r#"{"op":"grayscale","format":"png"}"#)
         .await;
@@ -399,10 +449,8 @@ async fn payloads_travel_with_the_task() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_polling_claimer_gets_a_task_created_after_it_started_waiting() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn a_long_polling_claimer_gets_a_task_created_after_it_started_waiting(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     let client = t.client.clone();
     let url = t.server.url("/getNewTask?wait=10s");
     let started = Instant::now();
@@ -424,10 +472,8 @@ async fn a_long_polling_claimer_gets_a_task_created_after_it_started_waiting() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_transitions_survive_a_restart() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn acknowledged_transitions_survive_a_restart(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     for _ in 0..5 {
         t.new_task().await;
     }
@@ -436,16 +482,14 @@ async fn acknowledged_transitions_survive_a_restart() {
     t.claim().await.expect("1");
     let before = t.call(Method::GET, "/list").await.1;
     t.stop().await;
-    let t = Tasks::start(d.path(), |_| {}).await;
+    let t = Tasks::start(&storage, |_| {}).await;
     assert_eq!(t.call(Method::GET, "/list").await.1, before);
     assert_eq!(t.new_task().await, 5, "ids continue");
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_claimers_get_each_task_exactly_once() {
-    let d = dir();
-    let t = Tasks::start(d.path(), |_| {}).await;
+async fn concurrent_claimers_get_each_task_exactly_once(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
     const TASKS: u64 = 2000;
     let mut creators = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -499,4 +543,93 @@ async fn concurrent_claimers_get_each_task_exactly_once() {
     let (_, finished) = t.call(Method::GET, "/list?state=2").await;
     assert_eq!(finished.lines().count() as u64, TASKS);
     t.stop().await;
+}
+
+/// Two replicas on one PostgreSQL database: concurrent claimers on both never get the same task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_claim_each_task_exactly_once() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let a = Tasks::start(&storage, |_| {}).await;
+    let b = Tasks::start(&storage, |_| {}).await;
+    const TASKS: u64 = 1000;
+    for i in 0..TASKS {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            replica.new_task().await,
+            i,
+            "one id sequence across replicas"
+        );
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for c in 0..32 {
+        let client = a.client.clone();
+        let base = if c % 2 == 0 {
+            a.server.base_url.clone()
+        } else {
+            b.server.base_url.clone()
+        };
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let r = client
+                    .post(format!("{base}/getNewTask"))
+                    .send()
+                    .await
+                    .expect("send");
+                if r.status() == 404 {
+                    return mine;
+                }
+                assert_eq!(r.status(), 200);
+                let task: Value =
+                    serde_json::from_str(&r.text().await.expect("body")).expect("json");
+                let id = task["id"].as_u64().expect("id");
+                let lease = task["lease"].as_str().expect("lease").to_owned();
+                let r = client
+                    .post(format!("{base}/finishTask?id={id}&lease={lease}"))
+                    .send()
+                    .await
+                    .expect("finish");
+                assert_eq!(r.status(), 200, "finish {id}");
+                mine.push(id);
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    while let Some(r) = claimers.join_next().await {
+        for id in r.expect("claimer") {
+            assert!(seen.insert(id), "task {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len() as u64, TASKS);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A long poll on one replica wakes for a task created on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_one_replica_sees_a_task_created_on_another() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let a = Tasks::start(&storage, |_| {}).await;
+    let b = Tasks::start(&storage, |_| {}).await;
+    let client = a.client.clone();
+    let url = b.server.url("/getNewTask?wait=10s");
+    let started = Instant::now();
+    let waiter =
+        tokio::spawn(async move { client.post(url).send().await.expect("send").text().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = a.new_task().await;
+    let task: Value =
+        serde_json::from_str(&waiter.await.expect("join").expect("body")).expect("json");
+    assert_eq!(task["id"], id);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
 }
