@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "SHOAL_TASKS_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
+    /// Delete finished and failed tasks this long after their last change (e.g. `7d`); off by
+    /// default. Ids are never reused.
+    #[arg(long, env = "SHOAL_TASKS_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
     /// Longest `wait=` a long-polling getNewTask may ask for; longer waits are cut to this.
     #[arg(long, env = "SHOAL_TASKS_MAX_WAIT", value_parser = parse_duration, default_value = "60s")]
     pub max_wait: Duration,
@@ -63,6 +68,7 @@ impl Config {
             lease: Duration::from_secs(120),
             hold_timeout: Duration::from_secs(600),
             max_attempts: 5,
+            retention: None,
             max_wait: Duration::from_secs(60),
             common: CommonArgs::default(),
         }

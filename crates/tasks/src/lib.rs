@@ -44,6 +44,7 @@ pub async fn run(
         lease: config.lease,
         hold_timeout: config.hold_timeout,
         max_attempts: config.max_attempts,
+        retention: config.retention,
     };
     let queue = match &config.common.database_url {
         Some(url) => Queue::open_postgres(url.expose(), limits).await?,

@@ -40,6 +40,8 @@ pub struct Limits {
     pub hold_timeout: Duration,
     /// Claims a task gets before going back to the queue becomes failing.
     pub max_attempts: u32,
+    /// Finished and failed tasks older than this are deleted (ids are never reused).
+    pub retention: Option<Duration>,
 }
 
 /// An operation on the queue.
@@ -536,16 +538,25 @@ macro_rules! queries {
             Ok(rows.iter().map(row_to_task).collect())
         }
 
-        /// Settles leases and holds that ran out.
+        /// Settles leases and holds that ran out, and deletes tasks past the retention.
         pub(super) async fn expire(
             work: &mut Work<'_>,
             tx: &mut Transaction<'_, $db>,
         ) -> Result<(), sqlx::Error> {
+            if let Some(retention) = work.limits.retention {
+                sqlx::query("DELETE FROM tasks WHERE state IN (2, 3) AND updated_at < $1")
+                    .bind(work.now.saturating_sub(millis(retention)))
+                    .execute(&mut **tx)
+                    .await?;
+            }
             for (query, action) in [
                 (SELECT_EXPIRED_LEASES, Action::LeaseExpired),
                 (SELECT_EXPIRED_HOLDS, Action::HoldExpired),
             ] {
-                let rows = sqlx::query(query).bind(work.now).fetch_all(&mut **tx).await?;
+                let rows = sqlx::query(query)
+                    .bind(work.now)
+                    .fetch_all(&mut **tx)
+                    .await?;
                 for row in &rows {
                     let mut task = row_to_task(row);
                     if let Ok(effect) =

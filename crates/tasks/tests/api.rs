@@ -142,6 +142,7 @@ impl Tasks {
 }
 
 on_both_backends!(
+    retention_deletes_old_finished_tasks_and_never_reuses_ids,
     seed_flow,
     bad_input_is_400_unknown_ids_404_wrong_methods_405,
     set_by_id_follows_the_state_machine,
@@ -490,7 +491,7 @@ async fn acknowledged_transitions_survive_a_restart(storage: Storage) {
 
 async fn concurrent_claimers_get_each_task_exactly_once(storage: Storage) {
     let t = Tasks::start(&storage, |_| {}).await;
-    const TASKS: u64 = 2000;
+    const TASKS: u64 = 10_000;
     let mut creators = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let client = t.client.clone();
@@ -553,7 +554,7 @@ async fn two_replicas_claim_each_task_exactly_once() {
     };
     let a = Tasks::start(&storage, |_| {}).await;
     let b = Tasks::start(&storage, |_| {}).await;
-    const TASKS: u64 = 1000;
+    const TASKS: u64 = 10_000;
     for i in 0..TASKS {
         let replica = if i % 2 == 0 { &a } else { &b };
         assert_eq!(
@@ -632,4 +633,25 @@ async fn a_long_poll_on_one_replica_sees_a_task_created_on_another() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+async fn retention_deletes_old_finished_tasks_and_never_reuses_ids(storage: Storage) {
+    let t = Tasks::start(&storage, |c| c.retention = Some(Duration::from_millis(300))).await;
+    let done = t.new_task().await;
+    let waiting = t.new_task().await;
+    t.claim().await.expect("claim");
+    assert_eq!(
+        t.call(Method::POST, &format!("/finishTask?id={done}"))
+            .await
+            .0,
+        200
+    );
+    let started = Instant::now();
+    while t.call(Method::GET, &format!("/getById?id={done}")).await.0 != 404 {
+        assert!(started.elapsed() < Duration::from_secs(5), "never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(t.task(waiting).await["state"], 0, "unfinished tasks stay");
+    assert_eq!(t.new_task().await, 2, "ids are never reused");
+    t.stop().await;
 }
