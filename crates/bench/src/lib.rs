@@ -2,8 +2,10 @@
 //!
 //! # Design
 //!
-//! A scenario ([`Scenario`]) describes what to send: `kv` (below) or `multicast` (fan-out
-//! through a multicast hub to subscribers the bench runs itself; see [`multicast`]). A kv run
+//! A scenario ([`Scenario`]) describes what to send: `kv` (below), `multicast` (fan-out
+//! through a multicast hub to subscribers the bench runs itself; see [`multicast`]) or `tasks`
+//! (create → claim → finish cycles through a task queue, and claim latency behind a large
+//! backlog; see [`tasks`]). A kv run
 //! is a closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
 //! requests back to back until the deadline. An operation is drawn by the `--mix` weights
 //! and a key uniformly from `--keys`, with a per-task xorshift generator (no shared state,
@@ -65,6 +67,7 @@
 //! - [`kv`]: the kv scenario's flags and orchestration (servers, preload, rounds).
 //! - [`multicast`]: the multicast scenario: subscribers, senders, the baseline, its report.
 //! - [`load`]: the load loop and the statistics it collects.
+//! - [`tasks`]: the tasks scenario: cycles, the backlog prefill, the backlog comparison.
 //! - [`mix`]: the operation mix.
 //! - [`report`]: the plain-text report, medians and ratios.
 
@@ -74,12 +77,14 @@ pub mod load;
 pub mod mix;
 pub mod multicast;
 pub mod report;
+pub mod tasks;
 
 use std::fmt;
 
 pub use crate::kv::KvArgs;
 pub use crate::multicast::{MulticastArgs, MulticastReport};
 pub use crate::report::Report;
+pub use crate::tasks::{TasksArgs, TasksReport};
 
 /// Flags of `shoal bench`: which scenario to run.
 #[derive(clap::Args, Debug)]
@@ -97,6 +102,9 @@ pub enum Scenario {
     /// Messages fanned out by a multicast hub (an in-process one unless --target is given) to
     /// subscribers the bench runs, optionally next to the same deliveries made directly.
     Multicast(MulticastArgs),
+    /// Create → claim → finish cycles through a task queue, and claim latency behind a large
+    /// backlog compared with a small one (in-process queues unless --target is given).
+    Tasks(TasksArgs),
 }
 
 /// What a scenario measured: its report.
@@ -106,15 +114,18 @@ pub enum Outcome {
     Kv(Report),
     /// `shoal bench multicast`.
     Multicast(MulticastReport),
+    /// `shoal bench tasks`.
+    Tasks(TasksReport),
 }
 
 impl Outcome {
-    /// Fails when the measurements say the run failed (see [`Report::check`] and
-    /// [`MulticastReport::check`]).
+    /// Fails when the measurements say the run failed (see [`Report::check`],
+    /// [`MulticastReport::check`] and [`TasksReport::check`]).
     pub fn check(&self) -> anyhow::Result<()> {
         match self {
             Outcome::Kv(report) => report.check(),
             Outcome::Multicast(report) => report.check(),
+            Outcome::Tasks(report) => report.check(),
         }
     }
 
@@ -122,7 +133,7 @@ impl Outcome {
     pub fn into_kv(self) -> Option<Report> {
         match self {
             Outcome::Kv(report) => Some(report),
-            Outcome::Multicast(_) => None,
+            Outcome::Multicast(_) | Outcome::Tasks(_) => None,
         }
     }
 
@@ -130,7 +141,15 @@ impl Outcome {
     pub fn into_multicast(self) -> Option<MulticastReport> {
         match self {
             Outcome::Multicast(report) => Some(report),
-            Outcome::Kv(_) => None,
+            Outcome::Kv(_) | Outcome::Tasks(_) => None,
+        }
+    }
+
+    /// The tasks report, if this was the tasks scenario.
+    pub fn into_tasks(self) -> Option<TasksReport> {
+        match self {
+            Outcome::Tasks(report) => Some(report),
+            Outcome::Kv(_) | Outcome::Multicast(_) => None,
         }
     }
 }
@@ -140,6 +159,7 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Kv(report) => report.fmt(f),
             Outcome::Multicast(report) => report.fmt(f),
+            Outcome::Tasks(report) => report.fmt(f),
         }
     }
 }
@@ -159,5 +179,6 @@ pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
         Scenario::Multicast(multicast) => {
             multicast::measure(multicast).await.map(Outcome::Multicast)
         }
+        Scenario::Tasks(tasks) => tasks::measure(tasks).await.map(Outcome::Tasks),
     }
 }
