@@ -505,41 +505,7 @@ async fn concurrent_claimers_get_each_task_exactly_once(storage: Storage) {
     while let Some(r) = creators.join_next().await {
         r.expect("creator");
     }
-    let mut claimers = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let client = t.client.clone();
-        let base = t.server.base_url.clone();
-        claimers.spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let r = client
-                    .post(format!("{base}/getNewTask"))
-                    .send()
-                    .await
-                    .expect("send");
-                if r.status() == 404 {
-                    return mine;
-                }
-                let task: Value =
-                    serde_json::from_str(&r.text().await.expect("body")).expect("json");
-                let id = task["id"].as_u64().expect("id");
-                let lease = task["lease"].as_str().expect("lease").to_owned();
-                let r = client
-                    .post(format!("{base}/finishTask?id={id}&lease={lease}"))
-                    .send()
-                    .await
-                    .expect("finish");
-                assert_eq!(r.status(), 200, "finish {id}");
-                mine.push(id);
-            }
-        });
-    }
-    let mut seen = HashSet::new();
-    while let Some(r) = claimers.join_next().await {
-        for id in r.expect("claimer") {
-            assert!(seen.insert(id), "task {id} claimed twice");
-        }
-    }
+    let seen = claim_all(&t.client, &[t.server.base_url.clone()]).await;
     assert_eq!(seen.len() as u64, TASKS, "every task claimed once");
     let (_, finished) = t.call(Method::GET, "/list?state=2").await;
     assert_eq!(finished.lines().count() as u64, TASKS);
@@ -563,46 +529,11 @@ async fn two_replicas_claim_each_task_exactly_once() {
             "one id sequence across replicas"
         );
     }
-    let mut claimers = tokio::task::JoinSet::new();
-    for c in 0..32 {
-        let client = a.client.clone();
-        let base = if c % 2 == 0 {
-            a.server.base_url.clone()
-        } else {
-            b.server.base_url.clone()
-        };
-        claimers.spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let r = client
-                    .post(format!("{base}/getNewTask"))
-                    .send()
-                    .await
-                    .expect("send");
-                if r.status() == 404 {
-                    return mine;
-                }
-                assert_eq!(r.status(), 200);
-                let task: Value =
-                    serde_json::from_str(&r.text().await.expect("body")).expect("json");
-                let id = task["id"].as_u64().expect("id");
-                let lease = task["lease"].as_str().expect("lease").to_owned();
-                let r = client
-                    .post(format!("{base}/finishTask?id={id}&lease={lease}"))
-                    .send()
-                    .await
-                    .expect("finish");
-                assert_eq!(r.status(), 200, "finish {id}");
-                mine.push(id);
-            }
-        });
-    }
-    let mut seen = HashSet::new();
-    while let Some(r) = claimers.join_next().await {
-        for id in r.expect("claimer") {
-            assert!(seen.insert(id), "task {id} claimed twice");
-        }
-    }
+    let seen = claim_all(
+        &a.client,
+        &[a.server.base_url.clone(), b.server.base_url.clone()],
+    )
+    .await;
     assert_eq!(seen.len() as u64, TASKS);
     a.stop().await;
     b.stop().await;
@@ -654,4 +585,46 @@ async fn retention_deletes_old_finished_tasks_and_never_reuses_ids(storage: Stor
     assert_eq!(t.task(waiting).await["state"], 0, "unfinished tasks stay");
     assert_eq!(t.new_task().await, 2, "ids are never reused");
     t.stop().await;
+}
+
+/// 32 claimers spread over `bases` take tasks until none is left, finishing each with its
+/// lease; returns every id claimed, failing if any was claimed twice.
+async fn claim_all(client: &reqwest::Client, bases: &[String]) -> HashSet<u64> {
+    let mut claimers = tokio::task::JoinSet::new();
+    for c in 0..32 {
+        let client = client.clone();
+        let base = bases[c % bases.len()].clone();
+        claimers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let r = client
+                    .post(format!("{base}/getNewTask"))
+                    .send()
+                    .await
+                    .expect("send");
+                if r.status() == 404 {
+                    return mine;
+                }
+                assert_eq!(r.status(), 200);
+                let task: Value =
+                    serde_json::from_str(&r.text().await.expect("body")).expect("json");
+                let id = task["id"].as_u64().expect("id");
+                let lease = task["lease"].as_str().expect("lease").to_owned();
+                let r = client
+                    .post(format!("{base}/finishTask?id={id}&lease={lease}"))
+                    .send()
+                    .await
+                    .expect("finish");
+                assert_eq!(r.status(), 200, "finish {id}");
+                mine.push(id);
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    while let Some(r) = claimers.join_next().await {
+        for id in r.expect("claimer") {
+            assert!(seen.insert(id), "task {id} claimed twice");
+        }
+    }
+    seen
 }
