@@ -505,7 +505,7 @@ async fn concurrent_claimers_get_each_task_exactly_once(storage: Storage) {
     while let Some(r) = creators.join_next().await {
         r.expect("creator");
     }
-    let seen = claim_all(&t.client, &[t.server.base_url.clone()]).await;
+    let seen = claim_all(&t.client, std::slice::from_ref(&t.server.base_url)).await;
     assert_eq!(seen.len() as u64, TASKS, "every task claimed once");
     let (_, finished) = t.call(Method::GET, "/list?state=2").await;
     assert_eq!(finished.lines().count() as u64, TASKS);
