@@ -9,7 +9,14 @@ async fn up_prints_a_working_url_and_stops_on_sigterm() {
     shoal_core::client::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["up", "--kv-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--kv-listen",
+            "127.0.0.1:0",
+            "--tasks-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
