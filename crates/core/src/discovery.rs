@@ -103,7 +103,8 @@ impl Discovery {
 
     /// Writes `key = address` with the TTL, retrying with backoff until the deadline (the k/v
     /// store may start after us), then renews it every heartbeat until `cancel` fires, when it
-    /// removes it. Fails only when the first write cannot be made before the deadline.
+    /// removes it. Fails only when the first write cannot be made before the deadline; a
+    /// cancellation before then returns at once with a registration that holds nothing.
     pub async fn register(
         &self,
         key: &str,
@@ -111,11 +112,22 @@ impl Discovery {
         cancel: CancellationToken,
     ) -> anyhow::Result<Registration> {
         let deadline = Instant::now() + self.options.deadline;
-        let mut revision = self
-            .retry_until(deadline, &format!("register {key}"), || {
+        // A shutdown while the k/v store is still unreachable must not wait out the deadline:
+        // nothing was written, so there is nothing to remove.
+        let what = format!("register {key}");
+        let first = tokio::select! {
+            () = cancel.cancelled() => None,
+            first = self.retry_until(deadline, &what, || {
                 self.put(key, address)
-            })
-            .await?;
+            }) => Some(first?),
+        };
+        let Some(mut revision) = first else {
+            tracing::info!(key, "shutdown before registering");
+            return Ok(Registration {
+                cancel,
+                task: tokio::spawn(async {}),
+            });
+        };
         tracing::info!(key, address, kv = %self.kv, "registered");
         let this = self.clone();
         let key = key.to_owned();

@@ -76,3 +76,50 @@ async fn acknowledged_transitions_survive_kill_9() {
         .expect("body");
     assert_eq!(next, "200", "ids continue after the crash");
 }
+
+/// A shutdown while the k/v store is still unreachable ends the registration retries at once
+/// instead of waiting out the registration deadline.
+#[test]
+fn sigterm_while_waiting_for_the_kv_store_stops_promptly() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Port 1 on loopback refuses connections: the k/v store is "not up yet".
+    let mut child = Command::new(support::BIN)
+        .args(["tasks", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--kv", "127.0.0.1:1", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect("exited early").expect("read");
+        if line.contains("register databaseAddress failed") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still waiting for the k/v store 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -51,6 +51,16 @@ pub async fn run(
         None => Queue::open(&config.data_dir, config.full_sync, limits).await?,
     };
     let cancel = CancellationToken::new();
+    // Shutdown is watched from the start, so it also ends a registration still waiting for
+    // the k/v store.
+    let _stop_on_return = cancel.clone().drop_guard();
+    let watcher = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => watcher.cancel(),
+            () = watcher.cancelled() => {}
+        }
+    });
     let advertised = config.net.advertised(listener.local_addr()?);
     let registration = match &config.common.kv {
         Some(kv) => {
@@ -79,12 +89,13 @@ pub async fn run(
         let queue = queue.clone();
         Box::pin(async move { queue.ping().await.map_err(|e| format!("database: {e:#}")) })
     }));
-    let stop = cancel.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stop.cancel();
-    };
-    let result = server::run(http::router(state), listener, shutdown, options).await;
+    let result = server::run(
+        http::router(state),
+        listener,
+        cancel.clone().cancelled_owned(),
+        options,
+    )
+    .await;
     if let Some(registration) = registration {
         registration.stop().await;
     }

@@ -38,46 +38,90 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let kv_url = format!("http://{}", kv_listener.local_addr()?);
     let tasks_url = format!("http://{}", tasks_listener.local_addr()?);
 
-    let stop = CancellationToken::new();
     let mut kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
     kv.listen = args.kv_listen;
     let mut tasks = shoal_tasks::Config::with_data_dir(args.data_dir.join("tasks"));
     tasks.common.kv = Some(kv_url.clone());
 
-    let mut services = tokio::task::JoinSet::new();
-    let s = stop.clone();
-    services.spawn(async move {
-        shoal_kv::run(kv, kv_listener, async move { s.cancelled().await })
-            .await
-            .map_err(|e| e.context("k/v store"))
+    // Started in dependency order and stopped in reverse, so each service deregisters from a
+    // k/v store that is still there.
+    let mut services = Services::default();
+    services.start("k/v store", |stop| {
+        shoal_kv::run(kv, kv_listener, stop.cancelled_owned())
     });
-    let s = stop.clone();
-    services.spawn(async move {
-        shoal_tasks::run(tasks, tasks_listener, async move { s.cancelled().await })
-            .await
-            .map_err(|e| e.context("task database"))
+    services.start("task database", |stop| {
+        shoal_tasks::run(tasks, tasks_listener, stop.cancelled_owned())
     });
     println!(
         "shoal is up: k/v store at {kv_url} (try: curl '{kv_url}/list'), task database at {tasks_url}. Ctrl-C stops it."
     );
 
-    let mut result = Ok(());
-    tokio::select! {
-        () = server::shutdown_signal() => {}
-        Some(done) = services.join_next() => {
-            result = done.map_err(anyhow::Error::from).and_then(|r| r);
-            if result.is_ok() {
-                result = Err(anyhow::anyhow!("a service stopped unexpectedly"));
+    let result = tokio::select! {
+        () = server::shutdown_signal() => Ok(()),
+        failed = services.first_exit() => Err(failed),
+    };
+    let stopped = services.stop_all().await;
+    // A service's own error says more than "stopped unexpectedly".
+    stopped.and(result)
+}
+
+/// The services of one `shoal up`, in start order.
+#[derive(Default)]
+struct Services {
+    running: Vec<Service>,
+    exits: tokio::task::JoinSet<&'static str>,
+}
+
+struct Service {
+    name: &'static str,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Services {
+    fn start<F, Fut>(&mut self, name: &'static str, run: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let exited = CancellationToken::new();
+        let guard = exited.clone().drop_guard();
+        let future = run(stop.clone());
+        let task = tokio::spawn(async move {
+            let _exited = guard;
+            future.await
+        });
+        self.exits.spawn(async move {
+            exited.cancelled().await;
+            name
+        });
+        self.running.push(Service { name, stop, task });
+    }
+
+    /// Resolves when any service stops on its own (an error, since they run until told).
+    async fn first_exit(&mut self) -> anyhow::Error {
+        match self.exits.join_next().await {
+            Some(Ok(name)) => anyhow::anyhow!("the {name} stopped unexpectedly"),
+            _ => anyhow::anyhow!("no service is running"),
+        }
+    }
+
+    /// Stops the services newest first, waiting for each; returns the first error.
+    async fn stop_all(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for service in self.running.into_iter().rev() {
+            service.stop.cancel();
+            let outcome = match service.task.await {
+                Ok(outcome) => outcome,
+                Err(join) => Err(join.into()),
+            };
+            if let Err(err) = outcome
+                && result.is_ok()
+            {
+                result = Err(err.context(service.name));
             }
         }
+        result
     }
-    stop.cancel();
-    while let Some(done) = services.join_next().await {
-        if let Err(err) = done.map_err(anyhow::Error::from).and_then(|r| r)
-            && result.is_ok()
-        {
-            result = Err(err);
-        }
-    }
-    result
 }
