@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::HttpClient;
-use crate::config::base_url;
+use crate::client::{ClientOptions, HttpClient};
+use crate::config::{CommonArgs, base_url};
 
 /// Well-known key of the task database.
 pub const DATABASE_ADDRESS: &str = "databaseAddress";
@@ -78,6 +78,26 @@ impl Registration {
         self.cancel.cancel();
         let _ = self.task.await;
     }
+}
+
+/// Registers `key = advertised` in the k/v store named by `--kv`, with the token from
+/// `--token`; `None` without `--kv`. Waits (with backoff) for the k/v store up to the
+/// registration deadline, or until `cancel` fires.
+pub async fn register_service(
+    common: &CommonArgs,
+    key: &str,
+    advertised: &str,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<Registration>> {
+    let Some(kv) = &common.kv else {
+        return Ok(None);
+    };
+    let client = HttpClient::new(ClientOptions {
+        token: common.token.clone(),
+        ..ClientOptions::default()
+    })?;
+    let discovery = Discovery::new(kv, client, DiscoveryOptions::default())?;
+    discovery.register(key, advertised, cancel).await.map(Some)
 }
 
 impl Discovery {

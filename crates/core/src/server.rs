@@ -17,6 +17,7 @@ use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -157,6 +158,21 @@ pub async fn run_metrics_only(
     options: ServerOptions,
 ) -> anyhow::Result<()> {
     run(Router::new(), listener, shutdown, options).await
+}
+
+/// A token cancelled when `shutdown` resolves. The future is watched from now on, so work
+/// that happens before serving (registering in the k/v store, say) can stop at a shutdown
+/// too; cancelling the token yourself ends the watch.
+pub fn watch_shutdown(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let watcher = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => watcher.cancel(),
+            () = watcher.cancelled() => {}
+        }
+    });
+    token
 }
 
 /// Binds `address`, failing loudly with the address in the message (the seeds exit silently

@@ -15,6 +15,8 @@ async fn up_prints_a_working_url_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--tasks-listen",
             "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -47,6 +49,36 @@ async fn up_prints_a_working_url_and_stops_on_sigterm() {
         .await
         .expect("get");
     assert_eq!(r.text().await.expect("body"), "world");
+    // The other services registered themselves; storage works through its registered address.
+    let mut registered = std::collections::HashMap::new();
+    for key in ["databaseAddress", "storageAddress"] {
+        let started = Instant::now();
+        let address = loop {
+            let r = client
+                .get(format!("{url}/get?key={key}"))
+                .send()
+                .await
+                .expect("get");
+            if r.status() == 200 {
+                break r.text().await.expect("body");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{key} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        registered.insert(key, address);
+    }
+    let storage = format!("http://{}", registered["storageAddress"]);
+    let r = client
+        .post(format!("{storage}/sendImage?state=working&id=0"))
+        .body(b"\x89PNG\r\n\x1a\n".to_vec())
+        .send()
+        .await
+        .expect("sendImage");
+    assert_eq!(r.text().await.expect("body"), "success");
+    assert!(dir.path().join("storage/working/0").exists());
     assert!(
         dir.path().join("kv").exists(),
         "state lives under --data-dir"

@@ -22,11 +22,9 @@ pub mod task;
 use std::future::Future;
 use std::sync::Arc;
 
-use shoal_core::client::{ClientOptions, HttpClient};
-use shoal_core::discovery::{DATABASE_ADDRESS, Discovery, DiscoveryOptions};
+use shoal_core::discovery::{DATABASE_ADDRESS, register_service};
 use shoal_core::server::{self, ServerOptions};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
 use crate::http::AppState;
@@ -50,33 +48,16 @@ pub async fn run(
         Some(url) => Queue::open_postgres(url.expose(), limits).await?,
         None => Queue::open(&config.data_dir, config.full_sync, limits).await?,
     };
-    let cancel = CancellationToken::new();
-    // Shutdown is watched from the start, so it also ends a registration still waiting for
-    // the k/v store.
+    let cancel = server::watch_shutdown(shutdown);
     let _stop_on_return = cancel.clone().drop_guard();
-    let watcher = cancel.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown => watcher.cancel(),
-            () = watcher.cancelled() => {}
-        }
-    });
     let advertised = config.net.advertised(listener.local_addr()?);
-    let registration = match &config.common.kv {
-        Some(kv) => {
-            let client = HttpClient::new(ClientOptions {
-                token: config.common.token.clone(),
-                ..ClientOptions::default()
-            })?;
-            let discovery = Discovery::new(kv, client, DiscoveryOptions::default())?;
-            Some(
-                discovery
-                    .register(DATABASE_ADDRESS, &advertised, cancel.clone())
-                    .await?,
-            )
-        }
-        None => None,
-    };
+    let registration = register_service(
+        &config.common,
+        DATABASE_ADDRESS,
+        &advertised,
+        cancel.clone(),
+    )
+    .await?;
     let state = AppState {
         queue: queue.clone(),
         max_wait: config.max_wait,

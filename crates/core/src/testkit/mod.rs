@@ -15,6 +15,7 @@
 //! ```
 
 pub mod postgres;
+pub mod s3;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 mod bench;
 mod kv;
 mod multicast;
+mod storage;
 mod tasks;
 mod up;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Kv(shoal_kv::Config),
     /// Task database: a durable leased work queue for the image pipeline's workers.
     Tasks(shoal_tasks::Config),
+    /// Blob storage for images: streaming, atomic, on a local directory or S3.
+    Storage(shoal_storage::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
     /// Load generators: measure a service's throughput and latency.
@@ -42,6 +45,7 @@ impl Command {
             Self::Up(args) => args.log_format,
             Self::Kv(config) => config.common.log_format,
             Self::Tasks(config) => config.common.log_format,
+            Self::Storage(config) => config.common.log_format,
             Self::Multicast(args) => args.log_format(),
             Self::Bench(_) => LogFormat::Text,
         }
@@ -53,6 +57,7 @@ impl Command {
             Self::Up(args) => up::run(args).await,
             Self::Kv(config) => kv::run(config).await,
             Self::Tasks(config) => tasks::run(config).await,
+            Self::Storage(config) => storage::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
         }

@@ -1,7 +1,8 @@
 //! `shoal up`: the whole pipeline in one process, on loopback, with embedded storage.
 //!
-//! Services join as they are built; today it hosts the k/v store and the task database, which
-//! registers in the k/v store as `databaseAddress` exactly as it does when run on its own.
+//! Services join as they are built; today it hosts the k/v store, the task database and the
+//! blob storage, which register in the k/v store as `databaseAddress` and `storageAddress`
+//! exactly as they do when run on their own.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,14 @@ pub struct Args {
     #[arg(long, env = "SHOAL_UP_TASKS_LISTEN", default_value = "127.0.0.1:3001")]
     pub tasks_listen: String,
 
+    /// Address of the blob storage.
+    #[arg(
+        long,
+        env = "SHOAL_UP_STORAGE_LISTEN",
+        default_value = "127.0.0.1:3002"
+    )]
+    pub storage_listen: String,
+
     /// Log output format.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -35,13 +44,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Bind everything first: a taken port fails at once, before anything registers.
     let kv_listener = server::bind(&args.kv_listen).await?;
     let tasks_listener = server::bind(&args.tasks_listen).await?;
+    let storage_listener = server::bind(&args.storage_listen).await?;
     let kv_url = format!("http://{}", kv_listener.local_addr()?);
     let tasks_url = format!("http://{}", tasks_listener.local_addr()?);
+    let storage_url = format!("http://{}", storage_listener.local_addr()?);
 
     let mut kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
     kv.listen = args.kv_listen;
     let mut tasks = shoal_tasks::Config::with_data_dir(args.data_dir.join("tasks"));
     tasks.common.kv = Some(kv_url.clone());
+    let mut storage = shoal_storage::Config::with_data_dir(args.data_dir.join("storage"));
+    storage.common.kv = Some(kv_url.clone());
 
     // Started in dependency order and stopped in reverse, so each service deregisters from a
     // k/v store that is still there.
@@ -52,8 +65,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     services.start("task database", |stop| {
         shoal_tasks::run(tasks, tasks_listener, stop.cancelled_owned())
     });
+    services.start("blob storage", |stop| {
+        shoal_storage::run(storage, storage_listener, stop.cancelled_owned())
+    });
     println!(
-        "shoal is up: k/v store at {kv_url} (try: curl '{kv_url}/list'), task database at {tasks_url}. Ctrl-C stops it."
+        "shoal is up: k/v store at {kv_url} (try: curl '{kv_url}/list'), task database at {tasks_url}, blob storage at {storage_url}. Ctrl-C stops it."
     );
 
     let result = tokio::select! {
