@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use shoal_core::ApiError;
 use shoal_core::config::parse_duration;
@@ -40,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/cancelTask", post(cancel_task))
         .route("/setById", post(set_by_id))
         .route("/list", get(list))
+        .route("/stats", get(stats))
+        .route("/releaseWorker", post(release_worker))
         .with_state(state)
 }
 
@@ -70,6 +73,58 @@ fn bool_param(params: &Params, name: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// The header a create answered from an existing task (same idempotency key) carries.
+pub const EXISTING: &str = "x-existing";
+
+/// Longest idempotency key or worker name accepted.
+const MAX_NAME: usize = 200;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > MAX_NAME {
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_NAME} characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn worker_param(params: &Params) -> Result<Option<String>, ApiError> {
+    match params.text("worker")? {
+        None => Ok(None),
+        Some(w) if !w.is_empty() && w.len() <= MAX_NAME => Ok(Some(w.to_owned())),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "worker must be 1 to {MAX_NAME} characters"
+        ))),
+    }
+}
+
+async fn release_worker(State(app): State<AppState>, params: Params) -> Result<String, ApiError> {
+    let worker =
+        worker_param(&params)?.ok_or_else(|| ApiError::bad_request("Wrong input worker."))?;
+    match app
+        .queue
+        .submit(Op::ReleaseWorker { worker })
+        .await
+        .map_err(queue_error)?
+    {
+        Outcome::Released(n) => Ok(n.to_string()),
+        other => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected outcome {other:?}"
+        ))),
+    }
+}
+
+async fn stats(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let stats = app.queue.stats().await.map_err(ApiError::Internal)?;
+    Ok(axum::Json(stats).into_response())
+}
+
 fn queue_error(err: QueueError) -> ApiError {
     match err {
         QueueError::NotFound(_) => ApiError::NotFound(err.to_string()),
@@ -86,9 +141,11 @@ fn json(task: &crate::task::Task) -> Response {
 async fn new_task(
     State(app): State<AppState>,
     params: Params,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<String, ApiError> {
+) -> Result<Response, ApiError> {
     let held = bool_param(&params, "hold")?;
+    let key = idempotency_key(&headers)?;
     let payload = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -98,11 +155,12 @@ async fn new_task(
     };
     match app
         .queue
-        .submit(Op::Create { payload, held })
+        .submit(Op::Create { payload, held, key })
         .await
         .map_err(queue_error)?
     {
-        Outcome::Created(id) => Ok(id.to_string()),
+        Outcome::Created(id) => Ok(id.to_string().into_response()),
+        Outcome::Existing(id) => Ok(([(EXISTING, "true")], id.to_string()).into_response()),
         other => Err(ApiError::Internal(anyhow::anyhow!(
             "unexpected outcome {other:?}"
         ))),
@@ -119,12 +177,16 @@ async fn get_by_id(State(app): State<AppState>, params: Params) -> Result<Respon
 
 async fn get_new_task(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
     let wait = params.parsed("wait", parse_duration)?;
+    let worker = worker_param(&params)?;
     let deadline = Instant::now() + wait.unwrap_or_default().min(app.max_wait);
     let mut ready = app.queue.ready();
     loop {
         // Marks the current version seen before trying, so a task made ready meanwhile wakes us.
         ready.borrow_and_update();
-        match app.queue.submit(Op::Claim).await.map_err(queue_error)? {
+        let claim = Op::Claim {
+            worker: worker.clone(),
+        };
+        match app.queue.submit(claim).await.map_err(queue_error)? {
             Outcome::Claimed(Some(task)) => return Ok(json(&task)),
             Outcome::Claimed(None) => {}
             other => {

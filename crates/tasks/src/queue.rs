@@ -53,9 +53,20 @@ pub enum Op {
         payload: Option<String>,
         /// Invisible to workers until released.
         held: bool,
+        /// A client's idempotency key: when a task already has it, that task is the answer.
+        key: Option<String>,
     },
     /// Claim the oldest ready task.
-    Claim,
+    Claim {
+        /// Who claims it (any name the worker chooses), for [`Op::ReleaseWorker`].
+        worker: Option<String>,
+    },
+    /// Give back every claim a worker holds, as if their leases had run out (the worker is
+    /// known to be dead: its host restarted).
+    ReleaseWorker {
+        /// The worker's name.
+        worker: String,
+    },
     /// A route's action on one task.
     Act {
         /// The task.
@@ -83,10 +94,29 @@ pub enum Op {
 pub enum Outcome {
     /// The new task's id.
     Created(u64),
+    /// The task that already had the idempotency key.
+    Existing(u64),
+    /// How many claims were given back.
+    Released(u64),
     /// The claimed task, or none ready.
     Claimed(Option<Task>),
     /// The task after the action.
     Done(Task),
+}
+
+/// How many tasks are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Ready for a worker.
+    pub not_started: u64,
+    /// Created held, waiting for their release.
+    pub held: u64,
+    /// Claimed.
+    pub in_progress: u64,
+    /// Done.
+    pub finished: u64,
+    /// Failed.
+    pub failed: u64,
 }
 
 /// Why an operation was refused.
@@ -223,6 +253,14 @@ impl Queue {
         })
     }
 
+    /// How many tasks are in each state.
+    pub async fn stats(&self) -> anyhow::Result<Stats> {
+        Ok(match &self.shared.backend {
+            Backend::Sqlite { conn, .. } => sqlite_queries::stats(&mut *conn.lock().await).await?,
+            Backend::Postgres(pool) => postgres_queries::stats(pool).await?,
+        })
+    }
+
     /// Changes whenever tasks may have become ready (created, released, returned).
     pub fn ready(&self) -> watch::Receiver<u64> {
         self.shared.ready.subscribe()
@@ -254,7 +292,7 @@ async fn postgres_submit(shared: &Shared, pool: &PgPool, op: Op) -> Result<Outco
     };
     let storage = |e: sqlx::Error| QueueError::Storage(e.to_string());
     let mut tx = pool.begin().await.map_err(storage)?;
-    if matches!(op, Op::Claim) {
+    if matches!(op, Op::Claim { .. }) {
         postgres_queries::expire(&mut work, &mut tx)
             .await
             .map_err(storage)?;
@@ -474,25 +512,30 @@ macro_rules! queries {
         use super::*;
 
         const SELECT_ALL: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-             lease_expires_at, hold_expires_at FROM tasks ORDER BY id";
+             lease_expires_at, hold_expires_at, worker FROM tasks ORDER BY id";
         const SELECT_BY_STATE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-             lease_expires_at, hold_expires_at FROM tasks WHERE state = $1 ORDER BY id";
+             lease_expires_at, hold_expires_at, worker FROM tasks WHERE state = $1 ORDER BY id";
         const SELECT_ONE: &str = "SELECT id, state, held, payload, attempts, error, lease, \
-             lease_expires_at, hold_expires_at FROM tasks WHERE id = $1";
+             lease_expires_at, hold_expires_at, worker FROM tasks WHERE id = $1";
         const SELECT_READY: &str = concat!(
             "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
-             hold_expires_at FROM tasks WHERE state = 0 AND held = 0 ORDER BY id LIMIT 1",
+             hold_expires_at, worker FROM tasks WHERE state = 0 AND held = 0 ORDER BY id LIMIT 1",
             $lock
         );
         const SELECT_EXPIRED_LEASES: &str = concat!(
             "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
-             hold_expires_at FROM tasks WHERE state = 1 AND lease_expires_at <= $1",
+             hold_expires_at, worker FROM tasks WHERE state = 1 AND lease_expires_at <= $1",
             $lock
         );
         const SELECT_EXPIRED_HOLDS: &str = concat!(
             "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
-             hold_expires_at FROM tasks WHERE state = 0 AND held = 1 AND hold_expires_at <= $1",
+             hold_expires_at, worker FROM tasks WHERE state = 0 AND held = 1 AND hold_expires_at <= $1",
             $lock
+        );
+        const SELECT_BY_WORKER: &str = concat!(
+            "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+             hold_expires_at, worker FROM tasks WHERE state = 1 AND worker = $1",
+            $meta_lock
         );
         const SELECT_NEXT_ID: &str =
             concat!("SELECT next_id FROM tasks_meta WHERE id = 1", $meta_lock);
@@ -508,6 +551,7 @@ macro_rules! queries {
                 lease: row.get(6),
                 lease_expires_at: row.get(7),
                 hold_expires_at: row.get(8),
+                worker: row.get(9),
             }
         }
 
@@ -576,20 +620,32 @@ macro_rules! queries {
             op: Op,
         ) -> Result<Result<Outcome, QueueError>, sqlx::Error> {
             match op {
-                Op::Create { payload, held } => {
+                Op::Create { payload, held, key } => {
+                    // After the counter's lock, so two creates with one key cannot both miss.
                     let id: i64 = sqlx::query(SELECT_NEXT_ID).fetch_one(&mut **tx).await?.get(0);
+                    if let Some(key) = &key {
+                        let existing = sqlx::query("SELECT id FROM tasks WHERE idempotency_key = $1")
+                            .bind(key)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        if let Some(row) = existing {
+                            return Ok(Ok(Outcome::Existing(row.get::<i64, _>(0).cast_unsigned())));
+                        }
+                    }
                     let hold_expires_at =
                         held.then(|| work.now.saturating_add(millis(work.limits.hold_timeout)));
                     sqlx::query(
                         "INSERT INTO tasks (id, state, held, payload, attempts, error, lease, \
-                         lease_expires_at, hold_expires_at, created_at, updated_at) \
-                         VALUES ($1, 0, $2, $3, 0, NULL, NULL, NULL, $4, $5, $5)",
+                         lease_expires_at, hold_expires_at, created_at, updated_at, \
+                         idempotency_key) \
+                         VALUES ($1, 0, $2, $3, 0, NULL, NULL, NULL, $4, $5, $5, $6)",
                     )
                     .bind(id)
                     .bind(i64::from(held))
                     .bind(payload)
                     .bind(hold_expires_at)
                     .bind(work.now)
+                    .bind(key)
                     .execute(&mut **tx)
                     .await?;
                     sqlx::query("UPDATE tasks_meta SET next_id = $1 WHERE id = 1")
@@ -601,7 +657,7 @@ macro_rules! queries {
                     }
                     Ok(Ok(Outcome::Created(id.cast_unsigned())))
                 }
-                Op::Claim => {
+                Op::Claim { worker } => {
                     let Some(row) = sqlx::query(SELECT_READY).fetch_optional(&mut **tx).await? else {
                         return Ok(Ok(Outcome::Claimed(None)));
                     };
@@ -609,11 +665,30 @@ macro_rules! queries {
                     match state::decide(task.snapshot(), Action::Claim, work.limits.max_attempts) {
                         Ok(effect) => {
                             work.change(&mut task, effect, None);
+                            task.worker = worker;
                             write(tx, &task, work.now).await?;
                             Ok(Ok(Outcome::Claimed(Some(task))))
                         }
                         Err(_) => Ok(Ok(Outcome::Claimed(None))),
                     }
+                }
+                Op::ReleaseWorker { worker } => {
+                    let rows = sqlx::query(SELECT_BY_WORKER)
+                        .bind(&worker)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                    let mut released = 0;
+                    for row in &rows {
+                        let mut task = row_to_task(row);
+                        if let Ok(effect) =
+                            state::decide(task.snapshot(), Action::LeaseExpired, work.limits.max_attempts)
+                        {
+                            work.change(&mut task, effect, None);
+                            write(tx, &task, work.now).await?;
+                            released += 1;
+                        }
+                    }
+                    Ok(Ok(Outcome::Released(released)))
                 }
                 Op::Act {
                     id,
@@ -663,7 +738,7 @@ macro_rules! queries {
         async fn load(tx: &mut Transaction<'_, $db>, id: u64) -> Result<Option<Task>, sqlx::Error> {
             let row = sqlx::query(concat!(
                 "SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
-                 hold_expires_at FROM tasks WHERE id = $1",
+                 hold_expires_at, worker FROM tasks WHERE id = $1",
                 $meta_lock
             ))
             .bind(id.cast_signed())
@@ -675,7 +750,8 @@ macro_rules! queries {
         async fn write(tx: &mut Transaction<'_, $db>, task: &Task, now: i64) -> Result<(), sqlx::Error> {
             sqlx::query(
                 "UPDATE tasks SET state = $1, held = $2, attempts = $3, error = $4, lease = $5, \
-                 lease_expires_at = $6, hold_expires_at = $7, updated_at = $8 WHERE id = $9",
+                 lease_expires_at = $6, hold_expires_at = $7, updated_at = $8, worker = $10 \
+                 WHERE id = $9",
             )
             .bind(i64::from(task.state.code()))
             .bind(i64::from(task.held))
@@ -686,9 +762,32 @@ macro_rules! queries {
             .bind(task.hold_expires_at)
             .bind(now)
             .bind(task.id.cast_signed())
+            .bind(&task.worker)
             .execute(&mut **tx)
             .await?;
             Ok(())
+        }
+
+        /// Tasks per state; held tasks apart (they are not waiting for a worker).
+        pub(super) async fn stats<'e, E>(executor: E) -> Result<Stats, sqlx::Error>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            let rows = sqlx::query("SELECT state, held, COUNT(*) FROM tasks GROUP BY state, held")
+                .fetch_all(executor)
+                .await?;
+            let mut stats = Stats::default();
+            for row in &rows {
+                let count = row.get::<i64, _>(2).max(0).cast_unsigned();
+                match (row.get::<i64, _>(0), row.get::<i64, _>(1) != 0) {
+                    (0, true) => stats.held += count,
+                    (0, false) => stats.not_started += count,
+                    (1, _) => stats.in_progress += count,
+                    (2, _) => stats.finished += count,
+                    _ => stats.failed += count,
+                }
+            }
+            Ok(stats)
         }
     };
 }

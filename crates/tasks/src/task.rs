@@ -25,6 +25,8 @@ pub struct Task {
     pub lease_expires_at: Option<i64>,
     /// When a held task fails if not released, unix ms.
     pub hold_expires_at: Option<i64>,
+    /// Who claimed it last, when the claimer said.
+    pub worker: Option<String>,
 }
 
 impl Task {
@@ -52,6 +54,7 @@ impl Task {
             "error": self.error,
             "lease": self.lease,
             "lease_expires_at": self.lease_expires_at.map(rfc3339),
+            "worker": self.worker,
         })
     }
 

@@ -153,7 +153,98 @@ on_both_backends!(
     a_long_polling_claimer_gets_a_task_created_after_it_started_waiting,
     acknowledged_transitions_survive_a_restart,
     concurrent_claimers_get_each_task_exactly_once,
+    an_idempotency_key_creates_one_task,
+    a_workers_claims_can_be_given_back_at_once,
+    stats_count_tasks_per_state,
 );
+
+async fn an_idempotency_key_creates_one_task(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
+    let create = async |key: &str| {
+        let r = t
+            .client
+            .post(t.server.url("/newTask?hold=true"))
+            .header("idempotency-key", key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        let existing = r.headers().get("x-existing").is_some();
+        (
+            r.text().await.expect("body").parse::<u64>().expect("id"),
+            existing,
+        )
+    };
+    assert_eq!(create("upload-a").await, (0, false));
+    assert_eq!(create("upload-a").await, (0, true));
+    assert_eq!(create("upload-b").await, (1, false));
+    assert_eq!(t.new_task().await, 2, "keyless creates are unaffected");
+    // Concurrent retries of one key: one task.
+    let ids: Vec<_> = futures::future::join_all((0..16).map(|_| create("upload-c"))).await;
+    let created = ids.iter().filter(|(_, existing)| !existing).count();
+    assert_eq!(created, 1, "{ids:?}");
+    assert!(ids.iter().all(|(id, _)| *id == 3), "{ids:?}");
+    // Bad keys.
+    for bad in ["", &"k".repeat(201)] {
+        let r = t
+            .client
+            .post(t.server.url("/newTask"))
+            .header("idempotency-key", bad)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(t.new_task().await, 4);
+    t.stop().await;
+}
+
+async fn a_workers_claims_can_be_given_back_at_once(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
+    for _ in 0..4 {
+        t.new_task().await;
+    }
+    for worker in ["host-a", "host-a", "host-b"] {
+        let (status, body) = t
+            .call(Method::POST, &format!("/getNewTask?worker={worker}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let task: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(task["worker"], worker);
+    }
+    let (status, body) = t.call(Method::POST, "/releaseWorker?worker=host-a").await;
+    assert_eq!((status, body.as_str()), (200, "2"));
+    // Back in the queue at once, oldest first; host-b's claim stands.
+    let again = t.claim().await.expect("task");
+    assert_eq!(again["id"], 0);
+    assert_eq!(again["attempts"], 2);
+    assert_eq!(t.task(2).await["state"], 1);
+    let (_, body) = t.call(Method::POST, "/releaseWorker?worker=host-a").await;
+    assert_eq!(body, "0");
+    let (status, _) = t.call(Method::POST, "/releaseWorker").await;
+    assert_eq!(status, 400);
+    t.stop().await;
+}
+
+async fn stats_count_tasks_per_state(storage: Storage) {
+    let t = Tasks::start(&storage, |_| {}).await;
+    for _ in 0..5 {
+        t.new_task().await;
+    }
+    t.call(Method::POST, "/newTask?hold=true").await;
+    let claimed = t.claim().await.expect("task");
+    t.call(Method::POST, &format!("/finishTask?id={}", claimed["id"]))
+        .await;
+    t.claim().await.expect("task");
+    let (status, body) = t.call(Method::GET, "/stats").await;
+    assert_eq!(status, 200);
+    let stats: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        stats,
+        serde_json::json!({"not_started": 3, "held": 1, "in_progress": 1, "finished": 1, "failed": 0})
+    );
+    t.stop().await;
+}
 
 async fn seed_flow(storage: Storage) {
     let t = Tasks::start(&storage, |_| {}).await;
