@@ -166,14 +166,28 @@ pub(crate) async fn exchange(
     sender: &mut Sender,
     request: Request<Full<Bytes>>,
 ) -> Result<StatusCode, hyper::Error> {
+    exchange_counted(sender, request)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// Like [`exchange`], but also returns how many body bytes arrived (counted frame by frame,
+/// still without buffering).
+pub(crate) async fn exchange_counted(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, u64), hyper::Error> {
     sender.ready().await?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let mut body = response.into_body();
+    let mut received = 0u64;
     while let Some(frame) = body.frame().await {
-        frame?;
+        if let Some(data) = frame?.data_ref() {
+            received += data.len() as u64;
+        }
     }
-    Ok(status)
+    Ok((status, received))
 }
 
 /// Sends `request` and returns the status and the whole body (for setup steps whose errors

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::client::{Target, fetch};
 use crate::load::{self, Measurement, Workload};
 use crate::mix::{Mix, Op};
-use crate::report::{BASELINE, Report};
+use crate::report::{BASELINE, Report, baseline_first};
 
 /// How long the target gets to answer its first `/healthz`.
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
@@ -229,12 +229,6 @@ pub async fn measure(args: &KvArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// Whether round `round` (from 1) measures the baseline before the target: odd rounds do,
-/// even rounds do not, so a steady drift of the machine's speed favours each side equally.
-fn baseline_first(round: usize) -> bool {
-    round % 2 == 1
-}
-
 /// Probes the servers, preloads the kv, then measures `rounds` rounds. Stops early, with the
 /// measurements so far, after a measurement without a single successful request; fails
 /// when an in-process server (one of `servers`) has stopped.
@@ -311,7 +305,7 @@ fn baseline_router() -> Router {
 
 /// Stops every server after the run that produced `result`. When the run failed because a
 /// server had died, the server's own error is the one worth showing.
-async fn stop_servers<T>(
+pub(crate) async fn stop_servers<T>(
     servers: Vec<(&'static str, TestServer)>,
     mut result: anyhow::Result<T>,
 ) -> anyhow::Result<T> {

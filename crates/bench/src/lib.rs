@@ -3,9 +3,10 @@
 //! # Design
 //!
 //! A scenario ([`Scenario`]) describes what to send: `kv` (below), `multicast` (fan-out
-//! through a multicast hub to subscribers the bench runs itself; see [`multicast`]) or `tasks`
+//! through a multicast hub to subscribers the bench runs itself; see [`multicast`]), `tasks`
 //! (create → claim → finish cycles through a task queue, and claim latency behind a large
-//! backlog; see [`tasks`]). A kv run
+//! backlog; see [`tasks`]) or `storage` (object uploads and downloads next to the same bytes
+//! written and read with plain files; see [`storage`]). A kv run
 //! is a closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
 //! requests back to back until the deadline. An operation is drawn by the `--mix` weights
 //! and a key uniformly from `--keys`, with a per-task xorshift generator (no shared state,
@@ -70,6 +71,8 @@
 //! - [`tasks`]: the tasks scenario: cycles, the backlog prefill, the backlog comparison.
 //! - [`mix`]: the operation mix.
 //! - [`report`]: the plain-text report, medians and ratios.
+//! - [`storage`]: the storage scenario: uploads, downloads, the plain-file baseline, its
+//!   report.
 
 mod client;
 pub mod kv;
@@ -77,6 +80,7 @@ pub mod load;
 pub mod mix;
 pub mod multicast;
 pub mod report;
+pub mod storage;
 pub mod tasks;
 
 use std::fmt;
@@ -84,6 +88,7 @@ use std::fmt;
 pub use crate::kv::KvArgs;
 pub use crate::multicast::{MulticastArgs, MulticastReport};
 pub use crate::report::Report;
+pub use crate::storage::{StorageArgs, StorageReport};
 pub use crate::tasks::{TasksArgs, TasksReport};
 
 /// Flags of `shoal bench`: which scenario to run.
@@ -105,6 +110,10 @@ pub enum Scenario {
     /// Create → claim → finish cycles through a task queue, and claim latency behind a large
     /// backlog compared with a small one (in-process queues unless --target is given).
     Tasks(TasksArgs),
+    /// Uploads and downloads of objects to a storage service (an in-process one unless
+    /// --target is given), next to the same bytes written durably and read back with plain
+    /// files.
+    Storage(StorageArgs),
 }
 
 /// What a scenario measured: its report.
@@ -116,16 +125,19 @@ pub enum Outcome {
     Multicast(MulticastReport),
     /// `shoal bench tasks`.
     Tasks(TasksReport),
+    /// `shoal bench storage`.
+    Storage(StorageReport),
 }
 
 impl Outcome {
     /// Fails when the measurements say the run failed (see [`Report::check`],
-    /// [`MulticastReport::check`] and [`TasksReport::check`]).
+    /// [`MulticastReport::check`], [`TasksReport::check`] and [`StorageReport::check`]).
     pub fn check(&self) -> anyhow::Result<()> {
         match self {
             Outcome::Kv(report) => report.check(),
             Outcome::Multicast(report) => report.check(),
             Outcome::Tasks(report) => report.check(),
+            Outcome::Storage(report) => report.check(),
         }
     }
 
@@ -133,7 +145,7 @@ impl Outcome {
     pub fn into_kv(self) -> Option<Report> {
         match self {
             Outcome::Kv(report) => Some(report),
-            Outcome::Multicast(_) | Outcome::Tasks(_) => None,
+            Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Storage(_) => None,
         }
     }
 
@@ -141,7 +153,7 @@ impl Outcome {
     pub fn into_multicast(self) -> Option<MulticastReport> {
         match self {
             Outcome::Multicast(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Tasks(_) => None,
+            Outcome::Kv(_) | Outcome::Tasks(_) | Outcome::Storage(_) => None,
         }
     }
 
@@ -149,7 +161,15 @@ impl Outcome {
     pub fn into_tasks(self) -> Option<TasksReport> {
         match self {
             Outcome::Tasks(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Multicast(_) => None,
+            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Storage(_) => None,
+        }
+    }
+
+    /// The storage report, if this was the storage scenario.
+    pub fn into_storage(self) -> Option<StorageReport> {
+        match self {
+            Outcome::Storage(report) => Some(report),
+            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) => None,
         }
     }
 }
@@ -160,6 +180,7 @@ impl fmt::Display for Outcome {
             Outcome::Kv(report) => report.fmt(f),
             Outcome::Multicast(report) => report.fmt(f),
             Outcome::Tasks(report) => report.fmt(f),
+            Outcome::Storage(report) => report.fmt(f),
         }
     }
 }
@@ -180,5 +201,6 @@ pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
             multicast::measure(multicast).await.map(Outcome::Multicast)
         }
         Scenario::Tasks(tasks) => tasks::measure(tasks).await.map(Outcome::Tasks),
+        Scenario::Storage(storage) => storage::measure(storage).await.map(Outcome::Storage),
     }
 }

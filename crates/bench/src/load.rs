@@ -16,10 +16,10 @@ use crate::mix::{Mix, Op, Rng};
 const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// How long past the deadline a request may still take before the task gives up on it.
-const STRAGGLER_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STRAGGLER_GRACE: Duration = Duration::from_secs(5);
 
 /// Pause after a failed connect, so an unreachable target is not hammered in a tight loop.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
 /// Successful requests' latencies and the count of failed ones, for one operation or all.
 #[derive(Clone, Debug)]

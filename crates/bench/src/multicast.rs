@@ -89,7 +89,7 @@ use tokio::time::Instant;
 
 use crate::client::{Target, exchange, fetch};
 use crate::load::Stats;
-use crate::report::{BASELINE, Spread, median_by, median_duration, ms};
+use crate::report::{BASELINE, Spread, baseline_first, median_by, median_duration, ms, size_text};
 
 /// The label of the hub's measurements.
 pub const LABEL: &str = "multicast";
@@ -212,17 +212,6 @@ fn parse_message_size(s: &str) -> Result<usize, String> {
         ));
     }
     usize::try_from(n).map_err(|_| format!("message size out of range: {s}"))
-}
-
-/// `1KiB`, `2MiB` or `300 B`.
-fn size_text(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{}MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{}KiB", n >> 10)
-    } else {
-        format!("{n} B")
-    }
 }
 
 /// A message body: `seq` and `sender` big-endian, then padding up to `size` bytes (at least
@@ -1130,11 +1119,6 @@ impl fmt::Display for MulticastReport {
         }
         Ok(())
     }
-}
-
-/// Whether round `round` (from 1) measures the baseline first (odd rounds) or last.
-fn baseline_first(round: usize) -> bool {
-    round % 2 == 1
 }
 
 /// Runs the scenario and returns what it measured. Fails when a server cannot be started, a

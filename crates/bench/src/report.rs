@@ -86,6 +86,23 @@ pub(crate) fn median_by<T: Copy>(
     }
 }
 
+/// Whether round `round` (from 1) measures the baseline before the target: odd rounds do,
+/// even rounds do not, so a steady drift of the machine's speed favours each side equally.
+pub(crate) fn baseline_first(round: usize) -> bool {
+    round % 2 == 1
+}
+
+/// `1KiB`, `2MiB` or `300 B`.
+pub(crate) fn size_text(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{}MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{}KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}
+
 pub(crate) fn median_duration(values: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
     median_by(values.flatten().collect(), Ord::cmp, |a, b| (a + b) / 2)
 }
@@ -193,7 +210,7 @@ pub(crate) fn ms(d: Option<Duration>) -> String {
     )
 }
 
-fn percent(spread: Option<Spread>) -> String {
+pub(crate) fn percent(spread: Option<Spread>) -> String {
     spread.map_or_else(
         || "-".to_owned(),
         |s| format!("{:.1}% ({:.1}–{:.1}%)", s.median, s.min, s.max),
