@@ -12,7 +12,7 @@
 //! (inode, size, mtime) is a strong entity tag for exactly the bytes a reader streams.
 
 use std::fs::{self, File, TryLockError};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -202,8 +202,7 @@ impl Backend for LocalBackend {
                 };
                 let size = metadata.len();
                 let first_len = usize::try_from(size).unwrap_or(usize::MAX).min(READ_CHUNK);
-                let mut first = vec![0; first_len];
-                file.read_exact_at(&mut first, 0)
+                let first = read_next(&file, first_len)
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 Ok(Some((file, metadata, first)))
             })
@@ -363,6 +362,22 @@ fn info(metadata: &fs::Metadata, content_type: &'static str) -> ObjectInfo {
     }
 }
 
+/// Reads the next `len` bytes at the file's position into a fresh buffer. `read_to_end`
+/// fills spare capacity without zeroing it first, which a `vec![0; len]` per chunk would cost
+/// on every download. Each download's reads are sequential (one stream, polled in order), so
+/// the file position is the stream's offset.
+fn read_next(file: &File, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the file is shorter than when it was opened",
+        ));
+    }
+    Ok(buf)
+}
+
 /// Streams `file` from `offset` up to `size` in [`READ_CHUNK`] reads.
 fn read_from(file: Arc<File>, offset: u64, size: u64) -> DownloadStream {
     futures::stream::try_unfold(offset, move |offset| {
@@ -374,10 +389,7 @@ fn read_from(file: Arc<File>, offset: u64, size: u64) -> DownloadStream {
             let len = usize::try_from(size - offset)
                 .unwrap_or(usize::MAX)
                 .min(READ_CHUNK);
-            let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; len];
-                file.read_exact_at(&mut buf, offset).map(|()| buf)
-            })
+            let chunk = tokio::task::spawn_blocking(move || read_next(&file, len))
             .await
             .map_err(io::Error::other)??;
             Ok(Some((Bytes::from(chunk), offset + len as u64)))
