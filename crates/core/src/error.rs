@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 412: a condition the client set (`if_revision`) does not hold.
     #[error("{0}")]
     PreconditionFailed(String),
+    /// 422: the request was understood but what it names cannot be done (a failed job).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 413: the request or one of its parts is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -69,6 +72,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

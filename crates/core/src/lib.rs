@@ -33,5 +33,6 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod testkit;
+pub mod upstream;
 
 pub use error::ApiError;
