@@ -6,7 +6,8 @@
 //! through a multicast hub to subscribers the bench runs itself; see [`multicast`]), `tasks`
 //! (create → claim → finish cycles through a task queue, and claim latency behind a large
 //! backlog; see [`tasks`]) or `storage` (object uploads and downloads next to the same bytes
-//! written and read with plain files; see [`storage`]). A kv run
+//! written and read with plain files, and downloaded from a server behind the same middleware
+//! that holds them in memory; see [`storage`]). A kv run
 //! is a closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
 //! requests back to back until the deadline. An operation is drawn by the `--mix` weights
 //! and a key uniformly from `--keys`, with a per-task xorshift generator (no shared state,
@@ -71,8 +72,8 @@
 //! - [`tasks`]: the tasks scenario: cycles, the backlog prefill, the backlog comparison.
 //! - [`mix`]: the operation mix.
 //! - [`report`]: the plain-text report, medians and ratios.
-//! - [`storage`]: the storage scenario: uploads, downloads, the plain-file baseline, its
-//!   report.
+//! - [`storage`]: the storage scenario: uploads, downloads, the plain-file baseline, the
+//!   HTTP-from-memory server, its report.
 
 mod client;
 pub mod kv;
@@ -112,7 +113,7 @@ pub enum Scenario {
     Tasks(TasksArgs),
     /// Uploads and downloads of objects to a storage service (an in-process one unless
     /// --target is given), next to the same bytes written durably and read back with plain
-    /// files.
+    /// files, and downloaded from an HTTP server holding them in memory.
     Storage(StorageArgs),
 }
 

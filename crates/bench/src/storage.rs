@@ -1,5 +1,6 @@
 //! `shoal bench storage`: upload and download throughput and latency of shoal storage, next
-//! to a baseline that writes and reads the same bytes to local files directly.
+//! to two baselines: the same bytes written and read with local files directly, and the same
+//! bytes downloaded over HTTP from a server that holds them in memory.
 //!
 //! # Method
 //!
@@ -29,9 +30,13 @@
 //! 2^20 bytes: successes × `--size` ÷ the time from the end of the warmup until the last worker
 //! stopped), p50, p99 and max latency, errors and wrong sizes.
 //!
-//! # The baseline
+//! # The baselines
 //!
-//! The baseline does, in this process, exactly what the local-directory backend does per
+//! Two yardsticks run by default; `--no-baseline` skips both.
+//!
+//! ## Plain files (`baseline`)
+//!
+//! The file baseline does, in this process, exactly what the local-directory backend does per
 //! object, with `std::fs` and nothing else — no HTTP, no routing, no streaming:
 //!
 //! - **upload**: create a temporary file in the objects' directory, write the object, fsync it
@@ -48,32 +53,51 @@
 //! write to the same filesystem. Both sides' downloads read objects that were just written,
 //! so usually from the page cache: the download ratio compares the service's read path with
 //! the plain read, not disks. Latency runs from just before the blocking call is spawned
-//! until it returned. The baseline runs by default; `--no-baseline` skips it.
+//! until it returned.
 //!
 //! The service side pays for everything between a client and the files: the bench's own HTTP
 //! client (on the same CPUs when the service runs in-process), the copies through the
 //! loopback socket, the request handling and the backend's streaming. The ratio is that
-//! whole cost, measured against the file operations alone.
+//! whole cost, measured against the file operations alone. For uploads the fsyncs dominate
+//! both sides, so the ratio is telling; for downloads the plain read is a memory copy out of
+//! the page cache, far faster than any HTTP exchange, so that ratio mostly measures HTTP.
+//!
+//! ## HTTP from memory (`http-mem`, downloads only)
+//!
+//! A server started in this process on `127.0.0.1:0` with [`shoal_core::server::run`], i.e.
+//! behind exactly the middleware every shoal service runs behind, with a single route:
+//! `GET /getImage` answers the object's bytes from memory — a clone of one shared `Bytes`
+//! holding the same `--size` bytes the uploads send, with the `Content-Type` storage would
+//! give them (sniffed the same way) and `Content-Length`; no query parsing, no lookup, no
+//! file. Its downloads are measured exactly as the service's: the same client, requests
+//! (ids included), workers, connections, warmup, duration and checks. It answers about as
+//! fast as any shoal service can answer a download of that size on this machine, so the
+//! ratio storage/http-mem is the share of that ceiling the service reaches; the rest is what
+//! its own read path (query, lookup, open, streaming from the file) costs on top of HTTP.
 //!
 //! # Rounds and ratios
 //!
 //! As in the other scenarios (see the crate docs), a run is `--rounds` rounds. A round
-//! measures the upload phase of both sides back to back, then the download phase of both
-//! back to back; the baseline goes first in both phases of odd rounds and last in even
-//! rounds, so a steady drift of the machine's speed favours each side equally often. The
-//! summary gives per side and phase the medians over the rounds (max: slowest of any round;
-//! errors and wrong sizes: summed). The ratios are, per phase, the service's MiB/s as a
-//! percentage of the baseline's **in the same round**, and the report shows the median of
-//! these per-round ratios with their lowest and highest value. A measurement without a single
-//! success stops the run (the report so far is still printed) and fails it.
+//! measures the upload phase (baseline and service), then the download phase (baseline,
+//! service and http-mem), each phase's sides back to back. Odd rounds run them in the order
+//! baseline, service, http-mem; even rounds in the reverse order. The service is always in
+//! the middle, so it is measured right next to each of its yardsticks, and each yardstick
+//! goes first in half the rounds: a steady drift of the machine's speed favours each side
+//! equally often. The summary gives per side and phase the medians over the rounds (max:
+//! slowest of any round; errors and wrong sizes: summed). The ratios are the service's MiB/s
+//! as a percentage of a yardstick's **in the same round** — per phase for the file baseline,
+//! downloads for http-mem — and the report shows the median of these per-round ratios with
+//! their lowest and highest value. A measurement without a single success stops the run (the
+//! report so far is still printed) and fails it.
 //!
 //! Without `--target` the service is `shoal_storage::run` in this process on `127.0.0.1:0`
 //! with default settings on a temporary data directory (removed afterwards), its maximum
 //! object size raised to `--size` if needed. With `--target`, the bench deletes the objects it
 //! wrote at the end (`DELETE /deleteImage`); ids start at `--first-id` (10^9 by default) so
-//! as not to overwrite real images. The baseline still runs on this machine, so its ratio only
-//! means something when the target stores on this machine, on the filesystem of
-//! `--baseline-dir`.
+//! as not to overwrite real images. The baselines still run on this machine, so the file
+//! ratio only means something when the target stores on this machine, on the filesystem of
+//! `--baseline-dir`, and the http-mem ratio only when the target runs on this machine too
+//! (over loopback, as the in-memory server is reached).
 
 use std::fmt;
 use std::fs::File;
@@ -83,9 +107,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode, header};
 use shoal_core::config::{Token, parse_duration, parse_size};
+use shoal_core::routes::get;
+use shoal_core::server::{self, ServerOptions};
 use shoal_core::testkit::TestServer;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -100,6 +130,9 @@ use crate::report::{
 
 /// The label of the service's measurements.
 pub const LABEL: &str = "storage";
+
+/// The label of the HTTP-from-memory server's measurements (downloads only).
+pub const MEMORY: &str = "http-mem";
 
 /// The state every bench object is stored under.
 pub const STATE: &str = "working";
@@ -138,7 +171,8 @@ pub struct StorageArgs {
     pub concurrency: u32,
 
     /// How long one measurement records, after its own warmup (`10s`, `500ms`). A round
-    /// measures 2 phases × 2 sides (1 without the baseline).
+    /// makes 5 measurements (2 without the baselines): uploads of the baseline and the
+    /// service, downloads of those and of the HTTP-from-memory server.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
 
@@ -156,13 +190,15 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 1_000_000_000, value_parser = clap::value_parser!(u64).range(..=MAX_ID))]
     pub first_id: u64,
 
-    /// How many times to measure; each round measures the service and the baseline back to
-    /// back per phase, alternating which goes first, and the ratios are the medians of the
-    /// per-round ratios.
+    /// How many times to measure; each round measures the service next to each baseline
+    /// back to back per phase, alternating which goes first, and the ratios are the medians
+    /// of the per-round ratios.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
 
-    /// Skip the baseline (writing and reading the same bytes to local files directly).
+    /// Skip both baselines: writing and reading the same bytes to local files directly, and
+    /// downloading them from an HTTP server (same middleware as storage) that holds them in
+    /// memory.
     #[arg(long)]
     pub no_baseline: bool,
 
@@ -254,7 +290,7 @@ impl fmt::Display for Phase {
 /// What one phase of one side measured in one round.
 #[derive(Clone, Debug)]
 pub struct PhaseMeasurement {
-    /// `storage` or `baseline`.
+    /// `storage`, `baseline` or `http-mem`.
     pub label: String,
     /// Upload or download.
     pub phase: Phase,
@@ -323,8 +359,11 @@ pub struct StorageReport {
     /// `in-process, local directory` or `external`.
     pub target_kind: String,
     /// The directory the baseline's temporary directory was created in; `None` without the
-    /// baseline (`--no-baseline`).
+    /// baselines (`--no-baseline`).
     pub baseline_dir: Option<PathBuf>,
+    /// The base URL of the HTTP-from-memory server; `None` without the baselines
+    /// (`--no-baseline`).
+    pub memory_target: Option<String>,
     /// Bytes per object.
     pub size: usize,
     /// Distinct objects per worker.
@@ -353,9 +392,9 @@ impl StorageReport {
             .filter(move |m| m.label == label && m.phase == phase)
     }
 
-    /// The labels measured: the baseline first (if measured), then the service.
+    /// The labels measured: the baselines first (those measured), then the service.
     pub fn labels(&self) -> Vec<&'static str> {
-        [BASELINE, LABEL]
+        [BASELINE, MEMORY, LABEL]
             .into_iter()
             .filter(|label| self.measurements.iter().any(|m| m.label == *label))
             .collect()
@@ -384,14 +423,27 @@ impl StorageReport {
         }
     }
 
-    /// The service's MiB/s in `phase` as a percentage of the baseline's in the same round,
-    /// spread over the rounds; `None` without a round where both ran and the baseline had a
-    /// success.
+    /// The service's MiB/s in `phase` as a percentage of the file baseline's in the same
+    /// round, spread over the rounds; `None` without a round where both ran and the baseline
+    /// had a success.
     pub fn ratio(&self, phase: Phase) -> Option<Spread> {
+        self.ratio_to(BASELINE, phase)
+    }
+
+    /// The service's download MiB/s as a percentage of the HTTP-from-memory server's in the
+    /// same round, spread over the rounds; `None` without a round where both ran and that
+    /// server had a success.
+    pub fn memory_ratio(&self) -> Option<Spread> {
+        self.ratio_to(MEMORY, Phase::Download)
+    }
+
+    /// The service's MiB/s in `phase` as a percentage of `yardstick`'s in the same round,
+    /// spread over the rounds.
+    fn ratio_to(&self, yardstick: &str, phase: Phase) -> Option<Spread> {
         let ratios = self
             .of(LABEL, phase)
             .filter_map(|m| {
-                let base = self.of(BASELINE, phase).find(|b| b.round == m.round)?;
+                let base = self.of(yardstick, phase).find(|b| b.round == m.round)?;
                 let base_rate = base.mib_per_sec();
                 (base_rate > 0.0).then(|| 100.0 * m.mib_per_sec() / base_rate)
             })
@@ -462,6 +514,13 @@ impl fmt::Display for StorageReport {
                 dir.display()
             )?;
         }
+        if let Some(url) = &self.memory_target {
+            writeln!(
+                f,
+                "{MEMORY}: shoal_core::server::run at {url}: download = GET /getImage answered \
+                 from one Bytes in memory"
+            )?;
+        }
         for m in &self.measurements {
             head(f, &format!("r{}", m.round), &m.label, m.phase)?;
             write!(
@@ -522,6 +581,13 @@ impl fmt::Display for StorageReport {
                 percent(self.ratio(Phase::Download)),
             )?;
         }
+        if self.memory_target.is_some() {
+            writeln!(
+                f,
+                "{LABEL}/{MEMORY} MiB/s (median of per-round ratios): download {}",
+                percent(self.memory_ratio()),
+            )?;
+        }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;
         }
@@ -557,11 +623,13 @@ impl Load {
     }
 }
 
-/// What is measured: the service over HTTP, or the baseline's files in a directory.
+/// What is measured: the service over HTTP, the baseline's files in a directory, or the
+/// HTTP-from-memory server (downloads only).
 #[derive(Clone, Debug)]
 enum Side {
     Service(Arc<Target>),
     Baseline(Arc<BaselineDir>),
+    Memory(Arc<Target>),
 }
 
 /// The directory the baseline keeps its objects in, with a handle to it opened once (as the
@@ -602,15 +670,55 @@ impl Side {
         match self {
             Side::Service(_) => LABEL,
             Side::Baseline(_) => BASELINE,
+            Side::Memory(_) => MEMORY,
         }
     }
 
     fn location(&self) -> String {
         match self {
-            Side::Service(target) => target.base_url.clone(),
+            Side::Service(target) | Side::Memory(target) => target.base_url.clone(),
             Side::Baseline(dir) => dir.path.display().to_string(),
         }
     }
+
+    /// Whether this side has a `phase` to measure: the in-memory server only downloads.
+    fn measures(&self, phase: Phase) -> bool {
+        !matches!(self, Side::Memory(_)) || phase == Phase::Download
+    }
+}
+
+/// The sides of `phase` in `round`, in the order they are measured: baseline, service,
+/// http-mem in odd rounds, the reverse in even rounds. The service sits in the middle, right
+/// next to each yardstick, and each yardstick goes first in half the rounds.
+fn round_order<'a>(round: usize, phase: Phase, sides: &[&'a Side]) -> Vec<&'a Side> {
+    let mut order: Vec<&Side> = sides
+        .iter()
+        .copied()
+        .filter(|side| side.measures(phase))
+        .collect();
+    if !baseline_first(round) {
+        order.reverse();
+    }
+    order
+}
+
+/// The HTTP-from-memory server's routes: `GET /getImage` answers `body` whatever the query,
+/// with the headers storage gives the same bytes' content.
+fn memory_router(body: Bytes) -> Router {
+    Router::new()
+        .route("/getImage", get(answer_from_memory))
+        .with_state(body)
+}
+
+async fn answer_from_memory(State(body): State<Bytes>) -> Response {
+    let head = &body[..body.len().min(shoal_storage::sniff::SNIFF_LEN)];
+    let content_type = shoal_storage::sniff::content_type(head);
+    let length = body.len();
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
 }
 
 /// `endpoint?state=working&id=N`.
@@ -684,6 +792,25 @@ pub async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
 
     let mut data_dir = None;
     let mut servers: Vec<(&'static str, TestServer)> = Vec::new();
+    let memory = if args.no_baseline {
+        None
+    } else {
+        let body = load.body.clone();
+        let server = TestServer::start(move |listener, shutdown| async move {
+            server::run(
+                memory_router(body),
+                listener,
+                shutdown,
+                ServerOptions::new(MEMORY),
+            )
+            .await
+        })
+        .await
+        .context("cannot start the HTTP-from-memory server")?;
+        let target = Target::parse(&server.base_url, None)?;
+        servers.push((MEMORY, server));
+        Some(Side::Memory(Arc::new(target)))
+    };
     let (target, target_kind) = match &args.target {
         Some(url) => (
             Target::parse(url, args.token.as_ref())?,
@@ -719,6 +846,7 @@ pub async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
         target: target.base_url.clone(),
         target_kind,
         baseline_dir: baseline_parent,
+        memory_target: memory.as_ref().map(Side::location),
         size: args.size,
         objects: args.objects,
         concurrency,
@@ -728,7 +856,11 @@ pub async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
         notes: Vec::new(),
     };
 
-    let result = run_rounds(&load, rounds, &service, baseline.as_ref(), &servers).await;
+    let mut sides: Vec<&Side> = Vec::new();
+    sides.extend(baseline.as_ref());
+    sides.push(&service);
+    sides.extend(memory.as_ref());
+    let result = run_rounds(&load, rounds, &sides, &servers).await;
     if args.target.is_some() {
         match delete_objects(&target, &load).await {
             Ok(()) => report.notes.push(format!(
@@ -749,6 +881,12 @@ pub async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
                     .to_owned(),
             );
         }
+        if memory.is_some() {
+            report.notes.push(format!(
+                "--target given: {MEMORY} ran in this process on 127.0.0.1, so its ratio only \
+                 means something if the target runs on this machine too"
+            ));
+        }
     }
     report.measurements = stop_servers(servers, result).await?;
     // The service is stopped now; only then remove the files.
@@ -763,21 +901,27 @@ pub async fn measure(args: &StorageArgs) -> anyhow::Result<StorageReport> {
     Ok(report)
 }
 
-/// Probes the service, prefills both sides, then measures `rounds` rounds. Stops early, with
-/// the measurements so far, after a measurement without a single success; fails when the
-/// in-process service (in `servers`) has stopped.
+/// Probes the HTTP sides, prefills the service and the file baseline, then measures `rounds`
+/// rounds. `sides` are in odd rounds' order (see [`round_order`]). Stops early, with the
+/// measurements so far, after a measurement without a single success; fails when an
+/// in-process server (in `servers`) has stopped.
 async fn run_rounds(
     load: &Arc<Load>,
     rounds: usize,
-    service: &Side,
-    baseline: Option<&Side>,
+    sides: &[&Side],
     servers: &[(&'static str, TestServer)],
 ) -> anyhow::Result<Vec<PhaseMeasurement>> {
-    if let Side::Service(target) = service {
-        target.probe(PROBE_LIMIT).await?;
+    for side in sides {
+        if let Side::Service(target) | Side::Memory(target) = side {
+            target.probe(PROBE_LIMIT).await?;
+        }
     }
     let total = load.objects * load.concurrency as u64;
-    for side in baseline.into_iter().chain([service]) {
+    for side in sides {
+        if matches!(side, Side::Memory(_)) {
+            // It holds its one object in memory already.
+            continue;
+        }
         eprintln!(
             "bench: prefilling {total} objects of {} into {} {}",
             size_text(load.size() as u64),
@@ -787,31 +931,37 @@ async fn run_rounds(
         prefill(side, load).await?;
     }
 
-    let sides: u32 = if baseline.is_some() { 2 } else { 1 };
+    let per_phase = |phase: Phase| -> Vec<&str> {
+        round_order(1, phase, sides)
+            .iter()
+            .map(|side| side.label())
+            .collect()
+    };
+    let per_round: usize = Phase::ALL.iter().map(|p| per_phase(*p).len()).sum();
     let one = load.warmup.saturating_add(load.duration);
     eprintln!(
-        "bench: {rounds} round{} of 2 phases × {sides} side{} ({} warmup + {} each, {} \
+        "bench: {rounds} round{} of {per_round} measurement{} ({}; {} warmup + {} each, {} \
          workers): about {} in all",
         if rounds == 1 { "" } else { "s" },
-        if sides == 1 { "" } else { "s" },
+        if per_round == 1 { "" } else { "s" },
+        Phase::ALL
+            .iter()
+            .map(|p| format!("{p}: {}", per_phase(*p).join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
         humantime::format_duration(load.warmup),
         humantime::format_duration(load.duration),
         load.concurrency,
         humantime::format_duration(
-            one.saturating_mul(2 * sides)
+            one.saturating_mul(u32::try_from(per_round).unwrap_or(u32::MAX))
                 .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
         ),
     );
 
     let mut measurements = Vec::new();
     for round in 1..=rounds {
-        let order: Vec<&Side> = match baseline {
-            Some(base) if baseline_first(round) => vec![base, service],
-            Some(base) => vec![service, base],
-            None => vec![service],
-        };
         for phase in Phase::ALL {
-            for side in &order {
+            for side in round_order(round, phase, sides) {
                 eprintln!(
                     "bench: round {round}/{rounds}: {} {phase} at {}",
                     side.label(),
@@ -837,9 +987,11 @@ async fn run_rounds(
 }
 
 /// Writes every id once, so downloads find their objects: over HTTP, one connection per
-/// worker, or with the baseline's durable write, one blocking task per worker.
+/// worker, or with the baseline's durable write, one blocking task per worker. The in-memory
+/// server has nothing to write.
 async fn prefill(side: &Side, load: &Arc<Load>) -> anyhow::Result<()> {
     match side {
+        Side::Memory(_) => Ok(()),
         Side::Service(target) => {
             on_every_object(target, load, Method::POST, "/sendImage", load.body.clone()).await
         }
@@ -935,7 +1087,7 @@ async fn measure_phase(
         .map(|worker| {
             let load = Arc::clone(load);
             match side {
-                Side::Service(target) => tokio::spawn(service_worker(
+                Side::Service(target) | Side::Memory(target) => tokio::spawn(service_worker(
                     Arc::clone(target),
                     load,
                     phase,
@@ -964,8 +1116,8 @@ async fn measure_phase(
     Ok(measured)
 }
 
-/// One worker's loop against the service. Operations started before `warmup_end` are not
-/// recorded; none starts at or after `deadline`.
+/// One worker's loop against an HTTP side (the service or the in-memory server). Operations
+/// started before `warmup_end` are not recorded; none starts at or after `deadline`.
 async fn service_worker(
     target: Arc<Target>,
     load: Arc<Load>,
@@ -1240,6 +1392,7 @@ mod tests {
             target: "http://127.0.0.1:41234".into(),
             target_kind: "in-process, local directory".into(),
             baseline_dir: Some(PathBuf::from("/tmp")),
+            memory_target: None,
             size: 1 << 20,
             objects: 8,
             concurrency: 16,
@@ -1322,6 +1475,93 @@ mod tests {
             lines[19],
             "storage/baseline MiB/s (median of per-round ratios): upload 60.0% (50.0–80.0%)  \
              download 90.0% (70.0–100.0%)"
+        );
+    }
+
+    #[test]
+    fn reports_the_memory_servers_download_ratio() {
+        use Phase::{Download, Upload};
+        // storage/http-mem download per round: 40%, 50%; storage/baseline: 20%, 25%.
+        let mut report = report(vec![
+            measured(BASELINE, Upload, 1, 100, 1000),
+            measured(LABEL, Upload, 1, 50, 2000),
+            measured(BASELINE, Download, 1, 1000, 100),
+            measured(LABEL, Download, 1, 200, 500),
+            measured(MEMORY, Download, 1, 500, 200),
+            measured(MEMORY, Download, 2, 400, 250),
+            measured(LABEL, Download, 2, 200, 500),
+            measured(BASELINE, Download, 2, 800, 100),
+        ]);
+        report.memory_target = Some("http://127.0.0.1:41235".into());
+        report.check().expect("every phase succeeded");
+        let mem = report.memory_ratio().expect("memory ratio");
+        assert!((mem.median - 45.0).abs() < 1e-9, "{mem:?}");
+        assert!((mem.min - 40.0).abs() < 1e-9 && (mem.max - 50.0).abs() < 1e-9);
+        let file = report.ratio(Download).expect("file ratio");
+        assert!((file.median - 22.5).abs() < 1e-9, "{file:?}");
+        assert_eq!(report.labels(), [BASELINE, MEMORY, LABEL]);
+        assert_eq!(report.summary(MEMORY, Upload).rounds, 0);
+        assert_eq!(report.summary(MEMORY, Download).rounds, 2);
+
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        // Header, 2 baseline lines, 8 measurements, summary header, 5 summaries, 2 ratio lines.
+        assert_eq!(lines.len(), 3 + 8 + 1 + 5 + 2, "{text}");
+        assert_eq!(
+            lines[2],
+            "http-mem: shoal_core::server::run at http://127.0.0.1:41235: download = GET \
+             /getImage answered from one Bytes in memory"
+        );
+        assert!(
+            lines[7].starts_with("r1     http-mem  download       500 obj"),
+            "{}",
+            lines[7]
+        );
+        assert_eq!(lines[7].find("obj/s"), lines[3].find("obj/s"), "{text}");
+        assert!(
+            lines[14].starts_with("median http-mem  download                    450.0 obj/s"),
+            "{}",
+            lines[14]
+        );
+        assert_eq!(
+            lines[17],
+            "storage/baseline MiB/s (median of per-round ratios): upload 50.0% (50.0–50.0%)  \
+             download 22.5% (20.0–25.0%)"
+        );
+        assert_eq!(
+            lines[18],
+            "storage/http-mem MiB/s (median of per-round ratios): download 45.0% (40.0–50.0%)"
+        );
+    }
+
+    #[test]
+    fn the_service_is_measured_between_its_yardsticks() {
+        let target = || Arc::new(Target::parse("127.0.0.1:1", None).expect("target"));
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = BaselineDir::create(parent.path().join(STATE)).expect("directory");
+        let (base, service, memory) = (
+            Side::Baseline(Arc::new(dir)),
+            Side::Service(target()),
+            Side::Memory(target()),
+        );
+        let sides = [&base, &service, &memory];
+        let labels = |round, phase| -> Vec<&str> {
+            round_order(round, phase, &sides)
+                .iter()
+                .map(|s| s.label())
+                .collect()
+        };
+        assert_eq!(labels(1, Phase::Upload), [BASELINE, LABEL]);
+        assert_eq!(labels(1, Phase::Download), [BASELINE, LABEL, MEMORY]);
+        assert_eq!(labels(2, Phase::Upload), [LABEL, BASELINE]);
+        assert_eq!(labels(2, Phase::Download), [MEMORY, LABEL, BASELINE]);
+        assert_eq!(labels(3, Phase::Download), [BASELINE, LABEL, MEMORY]);
+        assert_eq!(
+            round_order(2, Phase::Download, &[&service])
+                .iter()
+                .map(|s| s.label())
+                .collect::<Vec<_>>(),
+            [LABEL]
         );
     }
 

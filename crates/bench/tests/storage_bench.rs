@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shoal_bench::report::BASELINE;
-use shoal_bench::storage::{LABEL, Phase};
+use shoal_bench::storage::{LABEL, MEMORY, Phase};
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -15,7 +15,7 @@ struct Cli {
 const SIZE: usize = 64 << 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_scenario_measures_the_service_and_the_baseline() -> anyhow::Result<()> {
+async fn storage_scenario_measures_the_service_and_the_baselines() -> anyhow::Result<()> {
     let cli = Cli::try_parse_from([
         "shoal-bench",
         "storage",
@@ -46,8 +46,15 @@ async fn storage_scenario_measures_the_service_and_the_baseline() -> anyhow::Res
     assert_eq!(report.target_kind, "in-process, local directory");
     assert_eq!(report.size, SIZE);
     assert_eq!(report.baseline_dir, Some(std::env::temp_dir()));
+    let memory_url = report
+        .memory_target
+        .clone()
+        .expect("the in-memory server ran");
+    assert!(memory_url.starts_with("http://127.0.0.1:"), "{memory_url}");
+    assert_ne!(memory_url, report.target);
 
-    // Round 1 measures the baseline first, upload then download.
+    // Round 1 measures the baseline first, upload then download; the in-memory server only
+    // downloads, right after the service.
     let order: Vec<(&str, Phase, usize)> = report
         .measurements
         .iter()
@@ -60,6 +67,7 @@ async fn storage_scenario_measures_the_service_and_the_baseline() -> anyhow::Res
             (LABEL, Phase::Upload, 1),
             (BASELINE, Phase::Download, 1),
             (LABEL, Phase::Download, 1),
+            (MEMORY, Phase::Download, 1),
         ]
     );
     for m in &report.measurements {
@@ -81,6 +89,26 @@ async fn storage_scenario_measures_the_service_and_the_baseline() -> anyhow::Res
         assert_eq!(s.rounds, 1);
         assert!(s.mib_per_sec > 0.0, "{phase}");
     }
+    // The HTTP-from-memory server: downloads measured, none failed, every byte there.
+    let memory: Vec<_> = report.of(MEMORY, Phase::Download).collect();
+    assert_eq!(memory.len(), 1);
+    assert!(memory[0].stats.ok() > 0, "no in-memory download");
+    assert_eq!(memory[0].stats.errors, 0);
+    assert_eq!(memory[0].wrong_size, 0);
+    assert_eq!(report.of(MEMORY, Phase::Upload).count(), 0);
+    let s = report.summary(MEMORY, Phase::Download);
+    assert!(
+        s.mib_per_sec > 0.0 && s.p50.is_some() && s.p99.is_some(),
+        "{s:?}"
+    );
+    let ratio = report
+        .memory_ratio()
+        .expect("storage and http-mem downloads measured");
+    assert!(
+        ratio.median > 0.0 && ratio.min > 0.0 && ratio.max >= ratio.min,
+        "{ratio:?}"
+    );
+    assert_eq!(report.labels(), [BASELINE, MEMORY, LABEL]);
 
     let text = report.to_string();
     assert!(
@@ -92,6 +120,17 @@ async fn storage_scenario_measures_the_service_and_the_baseline() -> anyhow::Res
     assert!(text.contains(" MiB/s  p50 "), "{text}");
     assert!(
         text.contains("\nstorage/baseline MiB/s (median of per-round ratios): upload "),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\nhttp-mem: shoal_core::server::run at {memory_url}: download = GET /getImage"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nr1     http-mem  download "), "{text}");
+    assert!(
+        text.contains("\nstorage/http-mem MiB/s (median of per-round ratios): download "),
         "{text}"
     );
     Ok(())
@@ -132,11 +171,14 @@ async fn a_target_is_measured_and_cleaned_up() -> anyhow::Result<()> {
     report.check()?;
     assert_eq!(report.target_kind, "external");
     assert_eq!(report.baseline_dir, None);
+    assert_eq!(report.memory_target, None);
     assert_eq!(report.labels(), [LABEL]);
+    assert!(report.memory_ratio().is_none());
     assert_eq!(report.measurements.len(), 4, "2 rounds × 2 phases");
     assert!(report.ratio(Phase::Upload).is_none());
     let text = report.to_string();
     assert!(!text.contains("baseline"), "{text}");
+    assert!(!text.contains(MEMORY), "{text}");
     assert!(
         text.contains(
             "note: deleted the 4 bench objects (ids 1000000000..=1000000003) from the target"
