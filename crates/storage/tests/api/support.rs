@@ -74,10 +74,23 @@ impl Backend {
         })
         .await
         .expect("start shoal storage");
+        // Serving starts only after the backend is open (lock taken, leftovers swept).
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(!server.is_finished(), "shoal storage exited at start");
+            assert!(std::time::Instant::now() < deadline, "shoal storage did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         Storage {
             base: server.url(""),
             server: Some(server),
-            client: reqwest::Client::new(),
+            client,
         }
     }
 
