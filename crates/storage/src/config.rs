@@ -25,9 +25,11 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
-    /// Largest object accepted (e.g. `50MiB`); larger uploads are 413 before their body is
-    /// read when they announce their length, and cut off at the limit when they do not.
-    #[arg(long, env = "SHOAL_STORAGE_MAX_OBJECT_SIZE", value_parser = parse_size, default_value = "50MiB")]
+    /// Largest object accepted; larger uploads are 413 before their body is read when they
+    /// announce their length, and cut off at the limit when they do not. The default covers
+    /// the largest result the master's default limits allow (40 MP as JPEG or PNG), so every
+    /// upload the master accepts can be stored; bodies are streamed, so it costs no memory.
+    #[arg(long, env = "SHOAL_STORAGE_MAX_OBJECT_SIZE", value_parser = parse_size, default_value = "1GiB")]
     pub max_object_size: u64,
 
     /// Remove objects last written longer ago than this (e.g. `7d`), checked every minute;
@@ -99,7 +101,7 @@ impl Config {
                 advertise: None,
             },
             data_dir: data_dir.into(),
-            max_object_size: 50 << 20,
+            max_object_size: 1 << 30,
             retention: None,
             s3_bucket: None,
             s3_endpoint: None,

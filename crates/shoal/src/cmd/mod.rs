@@ -2,10 +2,13 @@
 
 mod bench;
 mod kv;
+mod master;
 mod multicast;
 mod storage;
+mod submit;
 mod tasks;
 mod up;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use shoal_core::config::LogFormat;
@@ -32,8 +35,14 @@ pub enum Command {
     Tasks(shoal_tasks::Config),
     /// Blob storage for images: streaming, atomic, on a local directory or S3.
     Storage(shoal_storage::Config),
+    /// The image pipeline's front door: uploads in, tasks out, results back.
+    Master(shoal_master::Config),
+    /// Takes image tasks from the master and transforms them, on every core.
+    Worker(shoal_worker::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
+    /// Upload images to a running pipeline, wait, and download the results.
+    Submit(submit::Args),
     /// Load generators: measure a service's throughput and latency.
     Bench(bench::Args),
 }
@@ -46,8 +55,10 @@ impl Command {
             Self::Kv(config) => config.common.log_format,
             Self::Tasks(config) => config.common.log_format,
             Self::Storage(config) => config.common.log_format,
+            Self::Master(config) => config.common.log_format,
+            Self::Worker(config) => config.common.log_format,
             Self::Multicast(args) => args.log_format(),
-            Self::Bench(_) => LogFormat::Text,
+            Self::Bench(_) | Self::Submit(_) => LogFormat::Text,
         }
     }
 
@@ -58,8 +69,11 @@ impl Command {
             Self::Kv(config) => kv::run(config).await,
             Self::Tasks(config) => tasks::run(config).await,
             Self::Storage(config) => storage::run(config).await,
+            Self::Master(config) => master::run(config).await,
+            Self::Worker(config) => worker::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
+            Self::Submit(args) => submit::run(args).await,
         }
     }
 }

@@ -1,15 +1,30 @@
 //! `shoal up`: the whole pipeline in one process, on loopback, with embedded storage.
 //!
-//! Services join as they are built; today it hosts the k/v store, the task database and the
-//! blob storage, which register in the k/v store as `databaseAddress` and `storageAddress`
-//! exactly as they do when run on their own.
+//! It hosts the k/v store, the task database, the blob storage, the master and a worker; each
+//! registers in (and finds the others through) the k/v store exactly as it does when run on
+//! its own, so the same code paths run here and across many hosts.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 use shoal_core::config::LogFormat;
 use shoal_core::server;
 use tokio_util::sync::CancellationToken;
+
+/// The name the embedded worker's claims carry. Only this process's worker uses it, so at
+/// start every claim still under it belongs to a worker that died with the previous run.
+const EMBEDDED_WORKER: &str = "shoal-up-embedded";
+
+/// How `shoal up` picks its ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Ports {
+    /// The documented defaults (k/v 3000, tasks 3001, storage 3002, master 3003), unless a
+    /// `--*-listen` flag says otherwise.
+    Default,
+    /// Free ports picked by the system (for tests and for running several stacks).
+    Auto,
+}
 
 /// Flags of `shoal up`.
 #[derive(ClapArgs, Debug)]
@@ -17,6 +32,10 @@ pub struct Args {
     /// Directory for all state (each service uses a subdirectory).
     #[arg(long, env = "SHOAL_UP_DATA_DIR", default_value = "./shoal-data")]
     pub data_dir: PathBuf,
+
+    /// `default` ports or `auto` (free ones).
+    #[arg(long, env = "SHOAL_UP_PORTS", value_enum, default_value_t = Ports::Default)]
+    pub ports: Ports,
 
     /// Address of the k/v store.
     #[arg(long, env = "SHOAL_UP_KV_LISTEN", default_value = "127.0.0.1:3000")]
@@ -34,6 +53,18 @@ pub struct Args {
     )]
     pub storage_listen: String,
 
+    /// Address of the master.
+    #[arg(long, env = "SHOAL_UP_MASTER_LISTEN", default_value = "127.0.0.1:3003")]
+    pub master_listen: String,
+
+    /// Worker threads (default: the number of cores).
+    #[arg(long, env = "SHOAL_UP_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// How long a claimed task stays claimed without a heartbeat.
+    #[arg(long, env = "SHOAL_UP_LEASE", value_parser = shoal_core::config::parse_duration, default_value = "120s")]
+    pub lease: Duration,
+
     /// Log output format.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -41,23 +72,38 @@ pub struct Args {
 
 /// Starts every service and waits for SIGINT/SIGTERM; stops them all when one fails.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let listen = |address: &str| match args.ports {
+        Ports::Default => address.to_owned(),
+        Ports::Auto => "127.0.0.1:0".to_owned(),
+    };
     // Bind everything first: a taken port fails at once, before anything registers.
-    let kv_listener = server::bind(&args.kv_listen).await?;
-    let tasks_listener = server::bind(&args.tasks_listen).await?;
-    let storage_listener = server::bind(&args.storage_listen).await?;
-    let kv_url = format!("http://{}", kv_listener.local_addr()?);
-    let tasks_url = format!("http://{}", tasks_listener.local_addr()?);
-    let storage_url = format!("http://{}", storage_listener.local_addr()?);
+    let kv_listener = server::bind(&listen(&args.kv_listen)).await?;
+    let tasks_listener = server::bind(&listen(&args.tasks_listen)).await?;
+    let storage_listener = server::bind(&listen(&args.storage_listen)).await?;
+    let master_listener = server::bind(&listen(&args.master_listen)).await?;
+    let url = |l: &tokio::net::TcpListener| -> anyhow::Result<String> {
+        Ok(format!("http://{}", l.local_addr()?))
+    };
+    let kv_url = url(&kv_listener)?;
+    let tasks_url = url(&tasks_listener)?;
+    let storage_url = url(&storage_listener)?;
+    let master_url = url(&master_listener)?;
 
-    let mut kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
-    kv.listen = args.kv_listen;
+    let kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
     let mut tasks = shoal_tasks::Config::with_data_dir(args.data_dir.join("tasks"));
     tasks.common.kv = Some(kv_url.clone());
+    tasks.lease = args.lease;
     let mut storage = shoal_storage::Config::with_data_dir(args.data_dir.join("storage"));
     storage.common.kv = Some(kv_url.clone());
+    // Storage's object limit and the master's result limit keep their (equal) defaults.
+    let master = shoal_master::Config::with_kv(kv_url.clone());
+    let mut worker = shoal_worker::Config::with_kv(kv_url.clone());
+    worker.threads = args.threads;
+    worker.name = Some(EMBEDDED_WORKER.to_owned());
 
     // Started in dependency order and stopped in reverse, so each service deregisters from a
-    // k/v store that is still there.
+    // k/v store that is still there, and the worker finishes its tasks while the services it
+    // reports to are still up.
     let mut services = Services::default();
     services.start("k/v store", |stop| {
         shoal_kv::run(kv, kv_listener, stop.cancelled_owned())
@@ -68,8 +114,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     services.start("blob storage", |stop| {
         shoal_storage::run(storage, storage_listener, stop.cancelled_owned())
     });
+    services.start("master", |stop| {
+        shoal_master::run(master, master_listener, stop.cancelled_owned())
+    });
+    // The previous run's embedded worker died with it: its claims go back to the queue now
+    // rather than when their leases run out.
+    let released = release_claims(&tasks_url).await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "handed back the tasks the previous run was working on"
+        );
+    }
+    services.start("worker", |stop| {
+        shoal_worker::run(worker, stop.cancelled_owned())
+    });
+    for (service, address) in [
+        ("k/v store", &kv_url),
+        ("task database", &tasks_url),
+        ("storage", &storage_url),
+        ("master", &master_url),
+    ] {
+        println!("{service} listening on {address}");
+    }
     println!(
-        "shoal is up: k/v store at {kv_url} (try: curl '{kv_url}/list'), task database at {tasks_url}, blob storage at {storage_url}. Ctrl-C stops it."
+        "shoal is up: upload with `curl --data-binary @photo.png {master_url}/new`. Ctrl-C stops it."
     );
 
     let result = tokio::select! {
@@ -79,6 +148,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let stopped = services.stop_all().await;
     // A service's own error says more than "stopped unexpectedly".
     stopped.and(result)
+}
+
+/// Hands back every claim the embedded worker held, waiting briefly for the task database.
+async fn release_claims(tasks_url: &str) -> anyhow::Result<u64> {
+    let client = shoal_core::client::HttpClient::new(Default::default())?;
+    let mut last_error = None;
+    for _ in 0..100 {
+        match client
+            .post(&format!("{tasks_url}/releaseWorker"))
+            .query(&[("worker", EMBEDDED_WORKER)])
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                let text = response.text().await?;
+                return Ok(text.trim().parse().unwrap_or(0));
+            }
+            Ok(response) => {
+                last_error = Some(anyhow::anyhow!(
+                    "the task database answered {}",
+                    response.status()
+                ));
+            }
+            Err(err) => last_error = Some(err.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last_error
+        .unwrap_or_else(|| anyhow::anyhow!("no answer"))
+        .context("handing back the previous run's claims"))
 }
 
 /// The services of one `shoal up`, in start order.

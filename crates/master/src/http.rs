@@ -1,0 +1,547 @@
+//! The routes: the seed's client-facing (`new`, `isReady`, `get`) and worker-facing
+//! (`getNewTask`, `registerTaskFinished`) ones, plus what the frontend and `shoal submit`
+//! need (`original`, `/api/v1/tasks/{id}`) and the worker routes a real queue has
+//! (`failTask`, `extendLease`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use reqwest::Method;
+use serde_json::Value;
+use shoal_core::ApiError;
+use shoal_core::config::parse_duration;
+use shoal_core::error::error_response;
+use shoal_core::query::Params;
+use shoal_core::routes::{get, post};
+use shoal_imaging::{Format, ImageError, Limits, Pipeline};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use shoal_core::discovery::{DATABASE_ADDRESS, STORAGE_ADDRESS};
+use shoal_core::upstream::Upstream;
+
+/// How long a count of waiting tasks is reused before the task database is asked again.
+const QUEUE_COUNT_TTL: Duration = Duration::from_millis(500);
+
+/// How often a long-polling `isReady` asks the task database, in case the task finished
+/// through another master replica (finishes through this one wake it at once).
+const READY_RECHECK: Duration = Duration::from_secs(1);
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The task database and the storage.
+    pub upstream: Upstream,
+    /// Pixel limits of uploads and results.
+    pub limits: Limits,
+    /// Largest result the storage accepts.
+    pub max_result: u64,
+    /// Waiting tasks beyond which uploads are refused for now.
+    pub max_queue: u64,
+    /// Longest long poll.
+    pub max_wait: Duration,
+    /// Bumped whenever a task finishes or fails through this master.
+    pub settled: Arc<watch::Sender<u64>>,
+    /// The last count of waiting tasks and when it was taken.
+    pub queue_count: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// Fires at shutdown, ending long polls.
+    pub shutdown: CancellationToken,
+}
+
+/// The master's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/new", post(new_image))
+        .route("/isReady", get(is_ready))
+        .route("/get", get(get_result))
+        .route("/original", get(get_original))
+        .route("/api/v1/tasks/{id}", get(task_status))
+        .route("/getNewTask", post(get_new_task))
+        .route("/registerTaskFinished", post(register_task_finished))
+        .route("/failTask", post(fail_task))
+        .route("/extendLease", post(extend_lease))
+        .with_state(state)
+}
+
+/// What a task's payload records about its job.
+pub fn job_payload(pipeline: &Pipeline, output: Format, input: Format) -> Value {
+    serde_json::json!({
+        "op": pipeline.to_string(),
+        "format": output.as_str(),
+        "input": input.as_str(),
+    })
+}
+
+fn parse_id(text: &str) -> Result<u64, ApiError> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| canonical && i64::try_from(*id).is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Wrong input id: {text:?} is not a non-negative integer"
+            ))
+        })
+}
+
+fn id_param(params: &Params) -> Result<u64, ApiError> {
+    parse_id(params.text("id")?.unwrap_or(""))
+}
+
+fn image_error(err: ImageError) -> ApiError {
+    match err {
+        ImageError::TooLarge(_) => ApiError::TooLarge(err.to_string()),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// Reads an upstream answer whole; a 5xx from upstream is this service's 503.
+async fn read(response: reqwest::Response, service: &str) -> Result<(StatusCode, Bytes), ApiError> {
+    let status = StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{service} broke off its answer: {e}")))?;
+    if status.is_server_error() {
+        return Err(ApiError::Unavailable(format!(
+            "{service} failed: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok((status, body))
+}
+
+fn upstream_refused(service: &str, status: StatusCode, body: &[u8]) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!(
+        "{service} answered {status}: {}",
+        String::from_utf8_lossy(body)
+    ))
+}
+
+impl AppState {
+    /// The task as the task database shows it; `None` when there is no such task.
+    async fn task(&self, id: u64) -> Result<Option<Value>, ApiError> {
+        let response = self
+            .upstream
+            .send(DATABASE_ADDRESS, |c, base| {
+                c.get(&format!("{base}/getById?id={id}"))
+            })
+            .await?;
+        let (status, body) = read(response, "the task database").await?;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("task {id} is not JSON: {e}"))),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(upstream_refused("the task database", other, &body)),
+        }
+    }
+
+    /// Tasks waiting for a worker (ready or held), from a count at most
+    /// [`QUEUE_COUNT_TTL`] old.
+    async fn queued(&self) -> Result<u64, ApiError> {
+        if let Some((at, count)) = *self.queue_count.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < QUEUE_COUNT_TTL
+        {
+            return Ok(count);
+        }
+        let response = self
+            .upstream
+            .send(DATABASE_ADDRESS, |c, base| c.get(&format!("{base}/stats")))
+            .await?;
+        let (status, body) = read(response, "the task database").await?;
+        if status != StatusCode::OK {
+            return Err(upstream_refused("the task database", status, &body));
+        }
+        let stats: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stats are not JSON: {e}")))?;
+        let count =
+            stats["not_started"].as_u64().unwrap_or(0) + stats["held"].as_u64().unwrap_or(0);
+        *self.queue_count.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), count));
+        Ok(count)
+    }
+
+    async fn tasks_post(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), ApiError> {
+        let response = self
+            .upstream
+            .send(DATABASE_ADDRESS, |c, base| {
+                c.post(&format!("{base}{path_and_query}"))
+            })
+            .await?;
+        read(response, "the task database").await
+    }
+}
+
+/// `POST /new`: validates the upload, then creates the task held, stores the image and only
+/// then releases the task, so no worker can claim a task whose input is not stored yet.
+async fn new_image(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the body is empty: send the raw image bytes (PNG, JPEG or WebP)",
+        ));
+    }
+    let pipeline = match params.text("op")? {
+        None => Pipeline::default(),
+        Some(text) => text
+            .parse::<Pipeline>()
+            .map_err(|e| ApiError::bad_request(format!("invalid op: {e}")))?,
+    };
+    let output = params
+        .text("format")?
+        .map(|f| {
+            f.parse::<Format>()
+                .map_err(|e| ApiError::bad_request(format!("invalid format: {e}")))
+        })
+        .transpose()?;
+    let info = shoal_imaging::probe(&body, &app.limits).map_err(image_error)?;
+    shoal_imaging::check(&info, &pipeline, output, &app.limits).map_err(image_error)?;
+    let worst = shoal_imaging::worst_case_output_bytes(&info, &pipeline, output);
+    if worst > app.max_result {
+        return Err(ApiError::TooLarge(format!(
+            "the result of this {}x{} image could reach {} MB, more than the storage accepts ({} MB); send a smaller image or ask for format=jpeg",
+            info.width,
+            info.height,
+            worst.div_ceil(1_000_000),
+            app.max_result / 1_000_000
+        )));
+    }
+    if app.queued().await? >= app.max_queue {
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many images are waiting to be processed; try again shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(response);
+    }
+    let key = headers.get("idempotency-key").cloned();
+    let output = output.unwrap_or(info.format);
+    let payload = job_payload(&pipeline, output, info.format).to_string();
+    let response = app
+        .upstream
+        .send(DATABASE_ADDRESS, |c, base| {
+            let mut request = c
+                .post(&format!("{base}/newTask?hold=true"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(payload.clone());
+            if let Some(key) = &key {
+                request = request.header("idempotency-key", key.clone());
+            }
+            request
+        })
+        .await?;
+    let existing = response.headers().contains_key("x-existing");
+    let (status, body_text) = read(response, "the task database").await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::BAD_REQUEST => {
+            return Err(ApiError::bad_request(
+                String::from_utf8_lossy(&body_text)
+                    .trim_start_matches("Error: ")
+                    .to_owned(),
+            ));
+        }
+        other => return Err(upstream_refused("the task database", other, &body_text)),
+    }
+    let id = parse_id(String::from_utf8_lossy(&body_text).trim())
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("the task database answered a bad id")))?;
+    if existing {
+        // A retried upload: finish what the first attempt left undone, or answer its id.
+        let task = app
+            .task(id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("task {id} vanished")))?;
+        if task["state"] == 3 {
+            return Err(ApiError::Conflict(format!(
+                "an earlier upload with this Idempotency-Key failed: {}",
+                task["error"].as_str().unwrap_or("unknown reason")
+            )));
+        }
+        if task["held"] != true {
+            return Ok(id.to_string().into_response());
+        }
+    }
+    let stored = app
+        .upstream
+        .send(STORAGE_ADDRESS, |c, base| {
+            c.post(&format!("{base}/sendImage?state=working&id={id}"))
+                .body(body.clone())
+        })
+        .await;
+    let stored = match stored {
+        Ok(response) => read(response, "the storage")
+            .await
+            .and_then(|(status, text)| {
+                if status == StatusCode::OK {
+                    Ok(())
+                } else {
+                    Err(upstream_refused("the storage", status, &text))
+                }
+            }),
+        Err(e) => Err(e),
+    };
+    if let Err(err) = stored {
+        if key.is_none() {
+            // Nobody can retry into this task: take it out now instead of at its hold timeout.
+            let _ = app.tasks_post(&format!("/cancelTask?id={id}")).await;
+        }
+        return Err(match err {
+            ApiError::Internal(e) => {
+                ApiError::Unavailable(format!("could not store the image: {e:#}"))
+            }
+            other => other,
+        });
+    }
+    let (status, text) = app.tasks_post(&format!("/releaseTask?id={id}")).await?;
+    // 409: a concurrent retry released it first.
+    if status != StatusCode::OK && status != StatusCode::CONFLICT {
+        return Err(upstream_refused("the task database", status, &text));
+    }
+    tracing::info!(id, op = %pipeline, format = output.as_str(), "accepted");
+    Ok(id.to_string().into_response())
+}
+
+/// The seed's states as the public API names them.
+fn state_name(task: &Value) -> &'static str {
+    match task["state"].as_u64() {
+        Some(1) => "processing",
+        Some(2) => "finished",
+        Some(3) => "failed",
+        _ => "queued",
+    }
+}
+
+fn failed(task: &Value) -> ApiError {
+    ApiError::Unprocessable(format!(
+        "processing failed: {}",
+        task["error"].as_str().unwrap_or("unknown reason")
+    ))
+}
+
+/// `GET /isReady`: `1` when finished, `0` while queued or processing; a failed task is 422.
+/// With `wait=`, answers as soon as the task settles, or `0` when the wait ends.
+async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'static str, ApiError> {
+    let id = id_param(&params)?;
+    let wait = params
+        .parsed("wait", parse_duration)?
+        .map(|w| w.min(app.max_wait));
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    let mut settled = app.settled.subscribe();
+    loop {
+        settled.borrow_and_update();
+        let task = app
+            .task(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+        match task["state"].as_u64() {
+            Some(2) => return Ok("1"),
+            Some(3) => return Err(failed(&task)),
+            _ => {}
+        }
+        if wait.is_none() || Instant::now() >= deadline {
+            return Ok("0");
+        }
+        let recheck = (Instant::now() + READY_RECHECK).min(deadline);
+        tokio::select! {
+            changed = settled.changed() => if changed.is_err() { return Ok("0") },
+            () = tokio::time::sleep_until(recheck) => {}
+            () = app.shutdown.cancelled() => return Ok("0"),
+        }
+    }
+}
+
+/// `GET /get`: the processed image, streamed from storage.
+async fn get_result(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = id_param(&params)?;
+    match stream_object(&app, "finished", id, &headers).await? {
+        Some(response) => Ok(response),
+        None => {
+            let task = app
+                .task(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+            match state_name(&task) {
+                "failed" => Err(failed(&task)),
+                state => Err(ApiError::not_found(format!(
+                    "image {id} is not ready yet ({state})"
+                ))),
+            }
+        }
+    }
+}
+
+/// `GET /original`: the uploaded image.
+async fn get_original(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = id_param(&params)?;
+    stream_object(&app, "working", id, &headers)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no uploaded image with id {id}")))
+}
+
+/// Streams an object from storage with its headers (and its 304 for a conditional GET);
+/// `None` when storage has no such object.
+async fn stream_object(
+    app: &AppState,
+    stage: &str,
+    id: u64,
+    headers: &HeaderMap,
+) -> Result<Option<Response>, ApiError> {
+    let if_none_match = headers.get(header::IF_NONE_MATCH).cloned();
+    let response = app
+        .upstream
+        .send(STORAGE_ADDRESS, |c, base| {
+            let mut request = c.get(&format!("{base}/getImage?state={stage}&id={id}"));
+            if let Some(tag) = &if_none_match {
+                request = request.header(header::IF_NONE_MATCH, tag.clone());
+            }
+            request
+        })
+        .await?;
+    let status = response.status().as_u16();
+    if status == 404 {
+        return Ok(None);
+    }
+    if status != 200 && status != 304 {
+        let (status, body) = read(response, "the storage").await?;
+        return Err(upstream_refused("the storage", status, &body));
+    }
+    let mut out = Response::builder().status(status);
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+    ] {
+        if let Some(value) = response.headers().get(name.as_str()) {
+            out = out.header(name, value.as_bytes());
+        }
+    }
+    let body = Body::from_stream(response.bytes_stream());
+    out.body(body)
+        .map(Some)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the response: {e}")))
+}
+
+/// `GET /api/v1/tasks/{id}`: the job as clients see it.
+async fn task_status(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let task = app
+        .task(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+    let payload = &task["payload"];
+    Ok(axum::Json(serde_json::json!({
+        "id": id,
+        "state": state_name(&task),
+        "op": payload["op"],
+        "format": payload["format"],
+        "attempts": task["attempts"],
+        "error": task["error"],
+    }))
+    .into_response())
+}
+
+/// Forwards a worker's call to the task database with its query, answering what it answered.
+async fn pass_through(
+    app: &AppState,
+    path: &str,
+    query: Option<String>,
+    wait: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let path_and_query = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let response = app
+        .upstream
+        .send(DATABASE_ADDRESS, |c, base| match wait {
+            Some(wait) => c.long_poll(Method::POST, &format!("{base}{path_and_query}"), wait),
+            None => c.post(&format!("{base}{path_and_query}")),
+        })
+        .await?;
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let (status, body) = read(response, "the task database").await?;
+    let mut out = (status, body).into_response();
+    if let Some(content_type) = content_type
+        && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
+    {
+        out.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    if status.is_client_error() {
+        // Already `Error: …` text from the task database.
+        out.extensions_mut()
+            .insert(shoal_core::error::ShoalErrorBody);
+    }
+    Ok(out)
+}
+
+/// `POST /getNewTask`: a worker claims a task (long-poll with `wait=`).
+async fn get_new_task(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref().unwrap_or(""))?;
+    let wait = params
+        .parsed("wait", parse_duration)?
+        .map(|w| w.min(app.max_wait));
+    pass_through(&app, "/getNewTask", query, wait).await
+}
+
+/// `POST /registerTaskFinished`: the seed's finish (the worker stored the result first).
+async fn register_task_finished(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let response = pass_through(&app, "/finishTask", query, None).await?;
+    if response.status() == StatusCode::OK {
+        app.settled.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    Ok(response)
+}
+
+/// `POST /failTask`: a worker gives up on a task (with `retry=true`, back to the queue).
+async fn fail_task(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let response = pass_through(&app, "/failTask", query, None).await?;
+    if response.status() == StatusCode::OK {
+        app.settled.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    Ok(response)
+}
+
+/// `POST /extendLease`: a worker on a long job keeps its claim.
+async fn extend_lease(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    pass_through(&app, "/extendLease", query, None).await
+}

@@ -1,0 +1,103 @@
+//! `shoal master`: the image pipeline's front door.
+//!
+//! Clients upload images (`/new`), ask whether they are done (`/isReady`, long-polling with
+//! `wait=`) and fetch results (`/get`); workers take tasks (`/getNewTask`) and report them
+//! finished (`/registerTaskFinished`) or failed. The master keeps no state of its own: tasks
+//! live in `shoal tasks`, images in `shoal storage`, both found through the k/v store.
+//!
+//! An upload is validated before anything is created (a PNG, JPEG or WebP whose header
+//! decodes, within the size and pixel limits, with a valid op chain, and a result that the
+//! storage will accept whatever the image holds), then the task is created *held*, the image
+//! stored, and only then the task released — so a worker can never claim a task whose input
+//! is missing (the seed created the task first).
+//!
+//! # Layout
+//! - [`config`]: the flags.
+//! - [`http`]: the routes.
+
+pub mod config;
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::client::{ClientOptions, HttpClient};
+use shoal_core::discovery::{MASTER_ADDRESS, register_service};
+use shoal_core::server::{self, ServerOptions};
+use tokio::net::TcpListener;
+
+pub use crate::config::Config;
+use crate::http::AppState;
+use shoal_core::discovery::{DATABASE_ADDRESS, STORAGE_ADDRESS};
+use shoal_core::upstream::Upstream;
+
+/// Runs the master on `listener` until `shutdown` resolves. With `--kv`, registers the
+/// advertised address as `masterAddress` and removes it at shutdown.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cancel = server::watch_shutdown(shutdown);
+    let _stop_on_return = cancel.clone().drop_guard();
+    let client = HttpClient::new(ClientOptions {
+        token: config.common.token.clone(),
+        // Results stream through the master; a large one to a slow client takes a while.
+        request_timeout: Duration::from_secs(15 * 60),
+        ..ClientOptions::default()
+    })?;
+    let upstream = Upstream::new(
+        client,
+        config.common.kv.as_deref(),
+        &[
+            (DATABASE_ADDRESS, config.tasks.as_deref()),
+            (STORAGE_ADDRESS, config.storage.as_deref()),
+        ],
+    )?;
+    let advertised = config.net.advertised(listener.local_addr()?);
+    let registration =
+        register_service(&config.common, MASTER_ADDRESS, &advertised, cancel.clone()).await?;
+    let state = AppState {
+        upstream: upstream.clone(),
+        limits: shoal_imaging::Limits {
+            max_pixels: config.max_pixels,
+        },
+        max_result: config.max_result,
+        max_queue: config.max_queue,
+        max_wait: config.max_wait,
+        settled: Arc::new(tokio::sync::watch::channel(0).0),
+        queue_count: Arc::default(),
+        shutdown: cancel.clone(),
+    };
+    let mut options = ServerOptions::new("master");
+    options.body_limit = usize::try_from(config.max_upload).unwrap_or(usize::MAX);
+    options.request_timeout = Duration::from_secs(15 * 60);
+    options.token = config.common.token.clone();
+    options.readiness = Some(Arc::new(move || {
+        let upstream = upstream.clone();
+        Box::pin(async move {
+            for service in [DATABASE_ADDRESS, STORAGE_ADDRESS] {
+                let response = upstream
+                    .send(service, |c, base| c.get(&format!("{base}/healthz")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("{service} answered {}", response.status()));
+                }
+            }
+            Ok(())
+        })
+    }));
+    let result = server::run(
+        http::router(state),
+        listener,
+        cancel.clone().cancelled_owned(),
+        options,
+    )
+    .await;
+    if let Some(registration) = registration {
+        registration.stop().await;
+    }
+    result
+}

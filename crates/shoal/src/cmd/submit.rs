@@ -1,0 +1,274 @@
+//! `shoal submit`: the batch client — upload images, wait for them, download the results.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args as ClapArgs;
+use futures::StreamExt as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::StatusCode;
+use shoal_core::client::{ClientOptions, HttpClient};
+use shoal_core::config::Token;
+
+/// Flags of `shoal submit`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Images to process (PNG, JPEG or WebP).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// The master (or the frontend's public API) to submit to.
+    #[arg(
+        long,
+        env = "SHOAL_SUBMIT_SERVER",
+        default_value = "http://127.0.0.1:3003"
+    )]
+    pub server: String,
+
+    /// The operation chain, e.g. `resize:800x600,grayscale` (default: the server's, swap-rg).
+    #[arg(long)]
+    pub op: Option<String>,
+
+    /// Output format: png, jpeg or webp (default: the input's).
+    #[arg(long)]
+    pub format: Option<String>,
+
+    /// Where results are written, as `NAME.EXT` after each input file's name.
+    #[arg(long, default_value = "./shoal-out")]
+    pub out: PathBuf,
+
+    /// Images in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Bearer token, if the server requires one.
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<Token>,
+}
+
+/// One file's fate.
+struct Outcome {
+    file: PathBuf,
+    result: Result<PathBuf, String>,
+}
+
+/// Submits every file, prints a summary, and fails when any image failed.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let server = shoal_core::config::base_url(&args.server).map_err(anyhow::Error::msg)?;
+    let client = HttpClient::new(ClientOptions {
+        token: args.token.clone(),
+        request_timeout: Duration::from_secs(10 * 60),
+        ..ClientOptions::default()
+    })?;
+    tokio::fs::create_dir_all(&args.out)
+        .await
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let bar = ProgressBar::new(args.files.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let job = Job {
+        client: &client,
+        server: &server,
+        op: args.op.as_deref(),
+        format: args.format.as_deref(),
+        out: &args.out,
+    };
+    let mut outcomes: Vec<Outcome> = futures::stream::iter(args.files.iter())
+        .map(|file| {
+            let job = &job;
+            let bar = &bar;
+            async move {
+                let result = job.submit(file).await.map_err(|e| format!("{e:#}"));
+                let line = match &result {
+                    Ok(out) => format!("done   {} → {}", file.display(), out.display()),
+                    Err(reason) => format!("FAILED {}: {reason}", file.display()),
+                };
+                if terminal {
+                    bar.println(line);
+                } else {
+                    println!("{line}");
+                }
+                bar.inc(1);
+                Outcome {
+                    file: file.clone(),
+                    result,
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency as usize)
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    outcomes.sort_by(|a, b| a.file.cmp(&b.file));
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    println!(
+        "{} of {} images processed into {}",
+        outcomes.len() - failed.len(),
+        outcomes.len(),
+        args.out.display()
+    );
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for outcome in &failed {
+        if let Err(reason) = &outcome.result {
+            eprintln!("failed: {}: {reason}", outcome.file.display());
+        }
+    }
+    bail!("{} of {} images failed", failed.len(), outcomes.len())
+}
+
+struct Job<'a> {
+    client: &'a HttpClient,
+    server: &'a str,
+    op: Option<&'a str>,
+    format: Option<&'a str>,
+    out: &'a Path,
+}
+
+/// Pauses between retries of transient failures, and how many.
+const RETRIES: [Duration; 6] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+
+impl Job<'_> {
+    async fn submit(&self, file: &Path) -> anyhow::Result<PathBuf> {
+        let bytes = tokio::fs::read(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        // The same file with the same op is the same job: a retried upload (after a lost
+        // answer) must not create a second task.
+        let key = {
+            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            digest.update(&bytes);
+            digest.update(self.op.unwrap_or("").as_bytes());
+            digest.update(b"\0");
+            digest.update(self.format.unwrap_or("").as_bytes());
+            digest
+                .finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(op) = self.op {
+            query.push(("op", op));
+        }
+        if let Some(format) = self.format {
+            query.push(("format", format));
+        }
+        let body = bytes::Bytes::from(bytes);
+        let id = self
+            .retrying(|| {
+                self.client
+                    .post(&format!("{}/new", self.server))
+                    .query(&query)
+                    .header("idempotency-key", key.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        let id: u64 = id.trim().parse().context("the server answered no id")?;
+        loop {
+            let ready = self
+                .retrying(|| {
+                    self.client.long_poll(
+                        reqwest::Method::GET,
+                        &format!("{}/isReady?id={id}&wait=30s", self.server),
+                        Duration::from_secs(30),
+                    )
+                })
+                .await?;
+            if ready.trim() == "1" {
+                break;
+            }
+        }
+        let response = self
+            .client
+            .get(&format!("{}/get?id={id}", self.server))
+            .send()
+            .await
+            .context("downloading the result")?;
+        if response.status() != StatusCode::OK {
+            let status = response.status();
+            bail!(
+                "{status}: {}",
+                response.text().await.unwrap_or_default().trim()
+            );
+        }
+        let extension = match response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("image/jpeg") => "jpg",
+            Some("image/webp") => "webp",
+            Some("image/png") => "png",
+            _ => "bin",
+        };
+        let stem = file.file_stem().map_or_else(
+            || format!("image-{id}"),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let target = self.out.join(format!("{stem}.{extension}"));
+        let temp = self.out.join(format!(".{stem}.{extension}.part"));
+        let data = response.bytes().await.context("downloading the result")?;
+        tokio::fs::write(&temp, &data)
+            .await
+            .with_context(|| format!("cannot write {}", temp.display()))?;
+        tokio::fs::rename(&temp, &target)
+            .await
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        Ok(target)
+    }
+
+    /// Sends the request `build` makes until it gets an answer that is not transient; a 2xx
+    /// body is returned, anything else is the error the server gave.
+    async fn retrying(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<String> {
+        let mut pauses = RETRIES.iter();
+        loop {
+            let transient = match build().send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = response.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return Ok(text);
+                    }
+                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                        bail!("{}", text.trim().trim_start_matches("Error: "));
+                    }
+                    (format!("{status}: {}", text.trim()), retry_after)
+                }
+                Err(err) => (err.to_string(), None),
+            };
+            let Some(pause) = pauses.next() else {
+                bail!("the server kept failing: {}", transient.0);
+            };
+            tokio::time::sleep(transient.1.unwrap_or(*pause)).await;
+        }
+    }
+}
