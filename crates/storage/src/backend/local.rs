@@ -390,8 +390,8 @@ fn read_from(file: Arc<File>, offset: u64, size: u64) -> DownloadStream {
                 .unwrap_or(usize::MAX)
                 .min(READ_CHUNK);
             let chunk = tokio::task::spawn_blocking(move || read_next(&file, len))
-            .await
-            .map_err(io::Error::other)??;
+                .await
+                .map_err(io::Error::other)??;
             Ok(Some((Bytes::from(chunk), offset + len as u64)))
         }
     })

@@ -84,7 +84,10 @@ impl Backend {
             .is_ok_and(|r| r.status() == 200)
         {
             assert!(!server.is_finished(), "shoal storage exited at start");
-            assert!(std::time::Instant::now() < deadline, "shoal storage did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shoal storage did not start"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         Storage {
