@@ -7,7 +7,9 @@
 //! (create → claim → finish cycles through a task queue, and claim latency behind a large
 //! backlog; see [`tasks`]) or `storage` (object uploads and downloads next to the same bytes
 //! written and read with plain files, and downloaded from a server behind the same middleware
-//! that holds them in memory; see [`storage`]). A kv run
+//! that holds them in memory; see [`storage`]) or `pipeline` (images through the whole image
+//! pipeline next to the same processing done in-process, and a small image's upload → ready
+//! latency; see [`pipeline`]). A kv run
 //! is a closed loop: `--connections` tasks, each owning one keep-alive HTTP/1.1 connection, send
 //! requests back to back until the deadline. An operation is drawn by the `--mix` weights
 //! and a key uniformly from `--keys`, with a per-task xorshift generator (no shared state,
@@ -74,12 +76,15 @@
 //! - [`report`]: the plain-text report, medians and ratios.
 //! - [`storage`]: the storage scenario: uploads, downloads, the plain-file baseline, the
 //!   HTTP-from-memory server, its report.
+//! - [`pipeline`]: the pipeline scenario: the in-process stack, images through it, the
+//!   in-process processing baseline, the small-image latency, its report.
 
 mod client;
 pub mod kv;
 pub mod load;
 pub mod mix;
 pub mod multicast;
+pub mod pipeline;
 pub mod report;
 pub mod storage;
 pub mod tasks;
@@ -88,6 +93,7 @@ use std::fmt;
 
 pub use crate::kv::KvArgs;
 pub use crate::multicast::{MulticastArgs, MulticastReport};
+pub use crate::pipeline::{PipelineArgs, PipelineReport};
 pub use crate::report::Report;
 pub use crate::storage::{StorageArgs, StorageReport};
 pub use crate::tasks::{TasksArgs, TasksReport};
@@ -115,6 +121,10 @@ pub enum Scenario {
     /// --target is given), next to the same bytes written durably and read back with plain
     /// files, and downloaded from an HTTP server holding them in memory.
     Storage(StorageArgs),
+    /// Images through the whole image pipeline (an in-process stack unless --target names a
+    /// master): images/s and upload → ready latency, next to the same decode → op → encode
+    /// in this process without services, and a small image's latency on the idle stack.
+    Pipeline(PipelineArgs),
 }
 
 /// What a scenario measured: its report.
@@ -128,17 +138,21 @@ pub enum Outcome {
     Tasks(TasksReport),
     /// `shoal bench storage`.
     Storage(StorageReport),
+    /// `shoal bench pipeline`.
+    Pipeline(Box<PipelineReport>),
 }
 
 impl Outcome {
     /// Fails when the measurements say the run failed (see [`Report::check`],
-    /// [`MulticastReport::check`], [`TasksReport::check`] and [`StorageReport::check`]).
+    /// [`MulticastReport::check`], [`TasksReport::check`], [`StorageReport::check`] and
+    /// [`PipelineReport::check`]).
     pub fn check(&self) -> anyhow::Result<()> {
         match self {
             Outcome::Kv(report) => report.check(),
             Outcome::Multicast(report) => report.check(),
             Outcome::Tasks(report) => report.check(),
             Outcome::Storage(report) => report.check(),
+            Outcome::Pipeline(report) => report.check(),
         }
     }
 
@@ -146,7 +160,10 @@ impl Outcome {
     pub fn into_kv(self) -> Option<Report> {
         match self {
             Outcome::Kv(report) => Some(report),
-            Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Storage(_) => None,
+            Outcome::Multicast(_)
+            | Outcome::Tasks(_)
+            | Outcome::Storage(_)
+            | Outcome::Pipeline(_) => None,
         }
     }
 
@@ -154,7 +171,7 @@ impl Outcome {
     pub fn into_multicast(self) -> Option<MulticastReport> {
         match self {
             Outcome::Multicast(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Tasks(_) | Outcome::Storage(_) => None,
+            Outcome::Kv(_) | Outcome::Tasks(_) | Outcome::Storage(_) | Outcome::Pipeline(_) => None,
         }
     }
 
@@ -162,7 +179,9 @@ impl Outcome {
     pub fn into_tasks(self) -> Option<TasksReport> {
         match self {
             Outcome::Tasks(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Storage(_) => None,
+            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Storage(_) | Outcome::Pipeline(_) => {
+                None
+            }
         }
     }
 
@@ -170,7 +189,19 @@ impl Outcome {
     pub fn into_storage(self) -> Option<StorageReport> {
         match self {
             Outcome::Storage(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) => None,
+            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Pipeline(_) => {
+                None
+            }
+        }
+    }
+
+    /// The pipeline report, if this was the pipeline scenario.
+    pub fn into_pipeline(self) -> Option<PipelineReport> {
+        match self {
+            Outcome::Pipeline(report) => Some(*report),
+            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Storage(_) => {
+                None
+            }
         }
     }
 }
@@ -182,6 +213,7 @@ impl fmt::Display for Outcome {
             Outcome::Multicast(report) => report.fmt(f),
             Outcome::Tasks(report) => report.fmt(f),
             Outcome::Storage(report) => report.fmt(f),
+            Outcome::Pipeline(report) => report.fmt(f),
         }
     }
 }
@@ -203,5 +235,8 @@ pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
         }
         Scenario::Tasks(tasks) => tasks::measure(tasks).await.map(Outcome::Tasks),
         Scenario::Storage(storage) => storage::measure(storage).await.map(Outcome::Storage),
+        Scenario::Pipeline(pipeline) => pipeline::measure(pipeline)
+            .await
+            .map(|report| Outcome::Pipeline(Box::new(report))),
     }
 }
