@@ -270,19 +270,55 @@ async fn oversized_bodies_are_413_and_store_nothing(backend: &Backend) {
     assert!(answer.contains("Error: "), "{answer}");
     drop(socket);
 
-    // Streamed (chunked, no length): cut off at the limit.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..20).map(|_| Ok(vec![5u8; 8 * 1024])).collect();
-    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-    let r = storage.put("state=working&id=3", body).await;
-    assert_eq!(r.status, 413, "{}", r.text());
-    assert!(r.text().starts_with("Error: "));
+    // Streamed (chunked, no length): cut off at the limit. The client sends one byte more
+    // than the limit and then waits for the answer (a client that kept writing would see the
+    // connection closed under it, which is also a refusal, but not one a test can read).
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "POST /sendImage?state=working&id=3 HTTP/1.1\r\nHost: {address}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..8 {
+        request.extend_from_slice(format!("{:x}\r\n", 8 * 1024).as_bytes());
+        request.extend_from_slice(&[5u8; 8 * 1024]);
+        request.extend_from_slice(b"\r\n");
+    }
+    // One byte past the limit, and nothing after it: the server has read every byte sent
+    // when it refuses, so closing the connection cannot reset it under the answer.
+    request.extend_from_slice(b"1\r\n\x05");
+    socket.write_all(&request).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("Error: "), "{answer}");
+    drop(socket);
 
-    // A replacement that is too large leaves the old object in place.
-    let r = storage
-        .put("state=working&id=1", png(64 * 1024 + 1, 9))
-        .await;
-    assert_eq!(r.status, 413);
+    // A replacement that is too large leaves the old object in place. (Announced only: the
+    // server answers before reading, and a client still writing could see the connection
+    // closed under it instead of the answer.)
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(
+            format!(
+                "POST /sendImage?state=working&id=1 HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
+                64 * 1024 + 1
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"));
+    drop(socket);
     assert_eq!(
         storage.get("state=working&id=1").await.body.as_ref(),
         png(64 * 1024, 1).as_slice()
