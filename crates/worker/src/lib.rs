@@ -42,6 +42,8 @@ pub use crate::config::Config;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Task loops per thread (see [`run`]).
+const LOOPS_PER_THREAD: usize = 2;
 /// Tries of one step of a task (fetch, store, report) before the task is handed back.
 const STEP_TRIES: u32 = 6;
 
@@ -88,10 +90,14 @@ pub async fn run(
             max_pixels: config.max_pixels,
         },
         stop: cancel.clone(),
+        cpu: tokio::sync::Semaphore::new(threads),
     });
     tracing::info!(name = %worker.name, threads, "worker started");
     let mut loops = JoinSet::new();
-    for _ in 0..threads {
+    // Twice as many loops as threads: while one task is transformed, another loop fetches
+    // the next input or stores a result, so the cores do not idle during I/O. The semaphore
+    // keeps the transforms themselves at one per thread.
+    for _ in 0..threads * LOOPS_PER_THREAD {
         loops.spawn(Arc::clone(&worker).work());
     }
     cancel.cancelled().await;
@@ -141,6 +147,8 @@ struct Worker {
     poll_wait: Duration,
     limits: Limits,
     stop: CancellationToken,
+    /// One permit per thread: transforms running at once.
+    cpu: tokio::sync::Semaphore,
 }
 
 /// A random number from the standard library's per-process hasher keys (for jitter only).
@@ -313,6 +321,11 @@ impl Worker {
             })
             .await?;
         let limits = self.limits;
+        let cpu = self
+            .cpu
+            .acquire()
+            .await
+            .map_err(|_| StepError::Transient("the worker is stopping".to_owned()))?;
         let output = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 shoal_imaging::process(&input, &pipeline, format, &limits)
@@ -320,6 +333,7 @@ impl Worker {
         })
         .await
         .map_err(|e| StepError::Fatal(format!("the operation was aborted: {e}")))?;
+        drop(cpu);
         let processed = match output {
             Ok(Ok(processed)) => processed,
             Ok(Err(err)) => return Err(StepError::Fatal(err.to_string())),
