@@ -246,6 +246,71 @@ async fn after_kill_9_every_accepted_upload_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_uploads_loses_no_accepted_upload() {
+    shoal_core::client::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Up::start(dir.path(), &["--threads", "1"]);
+    let master = up.url("master").to_owned();
+    let client = reqwest::Client::new();
+    // Uploads keep arriving from 4 clients until the kill cuts them off mid-request.
+    let mut uploaders = tokio::task::JoinSet::new();
+    for client_no in 0..4u32 {
+        let client = client.clone();
+        let master = master.clone();
+        uploaders.spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..1000u32 {
+                let width = 100 + client_no * 1000 + i;
+                let sent = client
+                    .post(format!("{master}/new"))
+                    .body(png(width, 50, i))
+                    .send()
+                    .await;
+                let Ok(r) = sent else { break };
+                if r.status() != 200 {
+                    break;
+                }
+                let Ok(text) = r.text().await else { break };
+                accepted.push((text.parse::<u64>().expect("id"), width));
+            }
+            accepted
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(up); // SIGKILL while uploads are in flight
+    let mut accepted = Vec::new();
+    while let Some(done) = uploaders.join_next().await {
+        accepted.extend(done.expect("uploader"));
+    }
+    assert!(
+        accepted.len() >= 4,
+        "too few uploads before the kill: {}",
+        accepted.len()
+    );
+    eprintln!("accepted before the kill: {}", accepted.len());
+    let up = Up::start(dir.path(), &["--threads", "2"]);
+    let master = up.url("master").to_owned();
+    for (id, width) in &accepted {
+        assert_eq!(
+            settle(&client, &master, *id, Duration::from_secs(120)).await,
+            "200 1",
+            "accepted upload {id}"
+        );
+        let r = client
+            .get(format!("{master}/get?id={id}"))
+            .send()
+            .await
+            .expect("get");
+        let out = image::load_from_memory(&r.bytes().await.expect("body")).expect("an image");
+        assert_eq!(
+            out.width(),
+            *width,
+            "task {id} holds another upload's result"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_processes_files_and_names_the_failures() {
     shoal_core::client::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
