@@ -19,7 +19,7 @@ use shoal_core::error::error_response;
 use shoal_core::query::Params;
 use shoal_core::routes::{get, post};
 use shoal_imaging::{Format, ImageError, Limits, Pipeline};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,8 +46,9 @@ pub struct AppState {
     pub max_queue: u64,
     /// Longest long poll.
     pub max_wait: Duration,
-    /// Bumped whenever a task finishes or fails through this master.
-    pub settled: Arc<watch::Sender<u64>>,
+    /// The id of every task that finishes or fails through this master, so a long-polling
+    /// `isReady` re-checks only when its own task may have settled.
+    pub settled: broadcast::Sender<u64>,
     /// The last count of waiting tasks and when it was taken.
     pub queue_count: Arc<Mutex<Option<(Instant, u64)>>>,
     /// Fires at shutdown, ending long polls.
@@ -341,9 +342,9 @@ async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'stati
         .parsed("wait", parse_duration)?
         .map(|w| w.min(app.max_wait));
     let deadline = Instant::now() + wait.unwrap_or_default();
+    // Subscribed before the first look, so a settlement between the look and the wait is seen.
     let mut settled = app.settled.subscribe();
     loop {
-        settled.borrow_and_update();
         let task = app
             .task(id)
             .await?
@@ -357,10 +358,18 @@ async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'stati
             return Ok("0");
         }
         let recheck = (Instant::now() + READY_RECHECK).min(deadline);
-        tokio::select! {
-            changed = settled.changed() => if changed.is_err() { return Ok("0") },
-            () = tokio::time::sleep_until(recheck) => {}
-            () = app.shutdown.cancelled() => return Ok("0"),
+        loop {
+            tokio::select! {
+                done = settled.recv() => match done {
+                    Ok(done) if done == id => break,
+                    Ok(_) => {}
+                    // Missed some: ours may be among them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok("0"),
+                },
+                () = tokio::time::sleep_until(recheck) => break,
+                () = app.shutdown.cancelled() => return Ok("0"),
+            }
         }
     }
 }
@@ -502,6 +511,12 @@ async fn pass_through(
     Ok(out)
 }
 
+/// The task id a worker's report names (the task database validates it).
+fn settled_id(query: Option<&str>) -> Option<u64> {
+    let params = Params::parse(query.unwrap_or("")).ok()?;
+    parse_id(params.text("id").ok()??).ok()
+}
+
 /// `POST /getNewTask`: a worker claims a task (long-poll with `wait=`).
 async fn get_new_task(
     State(app): State<AppState>,
@@ -519,9 +534,12 @@ async fn register_task_finished(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let id = settled_id(query.as_deref());
     let response = pass_through(&app, "/finishTask", query, None).await?;
-    if response.status() == StatusCode::OK {
-        app.settled.send_modify(|v| *v = v.wrapping_add(1));
+    if response.status() == StatusCode::OK
+        && let Some(id) = id
+    {
+        let _ = app.settled.send(id);
     }
     Ok(response)
 }
@@ -531,9 +549,12 @@ async fn fail_task(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let id = settled_id(query.as_deref());
     let response = pass_through(&app, "/failTask", query, None).await?;
-    if response.status() == StatusCode::OK {
-        app.settled.send_modify(|v| *v = v.wrapping_add(1));
+    if response.status() == StatusCode::OK
+        && let Some(id) = id
+    {
+        let _ = app.settled.send(id);
     }
     Ok(response)
 }

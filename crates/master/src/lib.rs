@@ -66,7 +66,7 @@ pub async fn run(
         max_result: config.max_result,
         max_queue: config.max_queue,
         max_wait: config.max_wait,
-        settled: Arc::new(tokio::sync::watch::channel(0).0),
+        settled: tokio::sync::broadcast::channel(1024).0,
         queue_count: Arc::default(),
         shutdown: cancel.clone(),
     };
