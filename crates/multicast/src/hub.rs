@@ -10,7 +10,6 @@
 //! A global semaphore bounds requests in flight; a slow subscriber only ever holds up itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -272,13 +271,6 @@ fn rfc3339(ms: i64) -> String {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A random number without a random-number crate: std's hasher keys are random per process.
-fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms().cast_unsigned());
-    h.finish()
 }
 
 const MAX_BATCH: usize = 1024;
@@ -1179,21 +1171,13 @@ async fn deliver_with_retries(
         }
         shared.retried.increment(1);
         progress.record(outcome("retrying", status, Some(error)));
-        let delay = backoff(options.retry_initial, options.retry_max, attempts);
+        let delay =
+            shoal_core::backoff::exponential(options.retry_initial, options.retry_max, attempts);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = cancel.cancelled() => return false,
         }
     }
-}
-
-/// `initial × 2^(attempt-1)`, capped at `max`, scaled by a random factor in [0.75, 1.25) so
-/// subscribers that failed together do not retry together.
-fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let base = exp.min(max);
-    let jitter = 0.75 + (random_u64() % 1000) as f64 / 2000.0;
-    base.mul_f64(jitter)
 }
 
 async fn attempt_once(
@@ -1310,9 +1294,8 @@ async fn send(shared: &Shared, link: &mut Link, message: &MessageRow) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::{backoff, forget_oldest_keys};
+    use super::forget_oldest_keys;
     use std::collections::HashMap;
-    use std::time::Duration;
 
     #[test]
     fn forgetting_keys_drops_the_oldest_tenth() {
@@ -1330,20 +1313,5 @@ mod tests {
         let mut empty = HashMap::new();
         forget_oldest_keys(&mut empty);
         assert!(empty.is_empty());
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        let i = Duration::from_secs(1);
-        let m = Duration::from_secs(300);
-        for attempt in 1..=12 {
-            let d = backoff(i, m, attempt);
-            let base = (i * 2u32.pow(attempt - 1)).min(m);
-            assert!(
-                d >= base.mul_f64(0.75) && d < base.mul_f64(1.25),
-                "{attempt}: {d:?}"
-            );
-        }
-        assert!(backoff(i, m, 40) <= m.mul_f64(1.25));
     }
 }

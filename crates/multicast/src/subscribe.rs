@@ -37,11 +37,9 @@
 //! token is only sent to the hub. Anyone who can reach the listener can post events: use
 //! `--signing-secret` (and the same secret on the hub) whenever that matters.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::io;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -481,14 +479,11 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// `RETRY_INITIAL × 2^(failures-1)`, capped at `cap`, scaled by a random factor in
-/// [0.75, 1.25) so subscribers restarted together do not retry together.
+/// The pause after `failures` failed registrations in a row: exponential from
+/// [`RETRY_INITIAL`], capped at `cap`, jittered so subscribers restarted together do not
+/// retry together.
 fn retry_delay(failures: u32, cap: Duration) -> Duration {
-    let exp = RETRY_INITIAL.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    let base = exp.min(cap);
-    let random = RandomState::new().build_hasher().finish();
-    let jitter = 0.75 + (random % 1000) as f64 / 2000.0;
-    base.mul_f64(jitter)
+    shoal_core::backoff::exponential(RETRY_INITIAL, cap, failures)
 }
 
 /// `d` rounded to milliseconds, for logs.

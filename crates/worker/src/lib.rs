@@ -19,7 +19,6 @@
 pub mod config;
 
 use std::future::Future;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -151,24 +150,6 @@ struct Worker {
     cpu: tokio::sync::Semaphore,
 }
 
-/// A random number from the standard library's per-process hasher keys (for jitter only).
-fn random() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos().into()),
-    );
-    hasher.finish()
-}
-
-/// `base` ± 25 %.
-fn jittered(base: Duration) -> Duration {
-    let spread = base.as_millis() as u64 / 2;
-    let offset = if spread == 0 { 0 } else { random() % spread };
-    base.saturating_sub(Duration::from_millis(spread / 2)) + Duration::from_millis(offset)
-}
-
 fn status_error(what: &str, status: StatusCode, body: &[u8]) -> StepError {
     let text = String::from_utf8_lossy(body).into_owned();
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
@@ -196,7 +177,7 @@ impl Worker {
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot get a task; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(jittered(backoff)) => {}
+                        () = tokio::time::sleep(shoal_core::backoff::jittered(backoff)) => {}
                         () = self.stop.cancelled() => break,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -406,7 +387,7 @@ impl Worker {
             match step().await {
                 Err(StepError::Transient(reason)) if tries < STEP_TRIES => {
                     tracing::debug!(what, %reason, tries, "transient failure; retrying");
-                    tokio::time::sleep(jittered(backoff)).await;
+                    tokio::time::sleep(shoal_core::backoff::jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 other => return other,
