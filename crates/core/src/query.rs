@@ -111,6 +111,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
+/// Largest id a pipeline service accepts: task ids are signed 64-bit in the task database,
+/// and every image belongs to a task.
+pub const MAX_ID: u64 = i64::MAX as u64;
+
+/// Parses an id in its one canonical form: decimal digits, no sign, no leading zero (but `0`
+/// itself), at most [`MAX_ID`]. So `1`, `+1` and `01` cannot name different things (the
+/// seed's storage stored them as three files).
+pub fn canonical_id(text: &str) -> Result<u64, ApiError> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    if !canonical {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input id: {text:?} is not a non-negative integer in canonical form."
+        )));
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| *id <= MAX_ID)
+        .ok_or_else(|| ApiError::bad_request(format!("Wrong input id: {text} is out of range.")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use shoal_core::ApiError;
 use shoal_core::config::parse_duration;
 use shoal_core::error::error_response;
-use shoal_core::query::Params;
+use shoal_core::query::{Params, canonical_id as parse_id};
 use shoal_core::routes::{get, post};
 use shoal_imaging::{Format, ImageError, Limits, Pipeline};
 use tokio::sync::broadcast;
@@ -77,20 +77,6 @@ pub fn job_payload(pipeline: &Pipeline, output: Format, input: Format) -> Value 
         "format": output.as_str(),
         "input": input.as_str(),
     })
-}
-
-fn parse_id(text: &str) -> Result<u64, ApiError> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
-    text.parse::<u64>()
-        .ok()
-        .filter(|id| canonical && i64::try_from(*id).is_ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Wrong input id: {text:?} is not a non-negative integer"
-            ))
-        })
 }
 
 fn id_param(params: &Params) -> Result<u64, ApiError> {

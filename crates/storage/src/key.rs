@@ -40,10 +40,6 @@ impl Stage {
     }
 }
 
-/// Largest id accepted: the task database's ids are signed 64-bit, and every image belongs to
-/// a task.
-pub const MAX_ID: u64 = i64::MAX as u64;
-
 /// One object's identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectKey {
@@ -78,22 +74,7 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// Parses an id in its one canonical form: decimal digits, no sign, no leading zero (but `0`
-/// itself), at most [`MAX_ID`].
-pub fn parse_id(text: &str) -> Result<u64, ApiError> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
-    if !canonical {
-        return Err(ApiError::bad_request(format!(
-            "Wrong input id: {text:?} is not a non-negative integer in canonical form."
-        )));
-    }
-    text.parse::<u64>()
-        .ok()
-        .filter(|id| *id <= MAX_ID)
-        .ok_or_else(|| ApiError::bad_request(format!("Wrong input id: {text} is out of range.")))
-}
+pub use shoal_core::query::{MAX_ID, canonical_id as parse_id};
 
 #[cfg(test)]
 mod tests {

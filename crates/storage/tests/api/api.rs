@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 use crate::support::{Backend, png};
 
@@ -244,81 +244,40 @@ async fn oversized_bodies_are_413_and_store_nothing(backend: &Backend) {
         200
     );
 
-    // Announced: answered without reading the body (the server would otherwise wait for
-    // bytes this client never sends).
-    let address = storage.base.trim_start_matches("http://").to_owned();
-    let mut socket = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connect");
-    socket
-        .write_all(
-            format!(
-                "POST /sendImage?state=working&id=2 HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
-                64 * 1024 + 1
-            )
-            .as_bytes(),
+    // Sent by hand: a client still writing a body the server refused could see the
+    // connection closed under it instead of the answer, so each request stops where the
+    // server stops reading and then reads the answer.
+    let announced = |id: u32| {
+        format!(
+            "POST /sendImage?state=working&id={id} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            64 * 1024 + 1
         )
-        .await
-        .expect("write");
-    let mut answer = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
-        .await
-        .expect("answered before the body was sent")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..n]);
+        .into_bytes()
+    };
+
+    // Announced: answered without reading the body.
+    let answer = storage.raw(&announced(2)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("Error: "), "{answer}");
-    drop(socket);
 
-    // Streamed (chunked, no length): cut off at the limit. The client sends one byte more
-    // than the limit and then waits for the answer (a client that kept writing would see the
-    // connection closed under it, which is also a refusal, but not one a test can read).
-    let mut socket = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connect");
-    let mut request = format!(
-        "POST /sendImage?state=working&id=3 HTTP/1.1\r\nHost: {address}\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    // Streamed (chunked, no length): cut off at the limit. One byte past the limit and
+    // nothing after it, so the server has read every byte sent when it refuses.
+    let mut request =
+        b"POST /sendImage?state=working&id=3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
     for _ in 0..8 {
         request.extend_from_slice(format!("{:x}\r\n", 8 * 1024).as_bytes());
         request.extend_from_slice(&[5u8; 8 * 1024]);
         request.extend_from_slice(b"\r\n");
     }
-    // One byte past the limit, and nothing after it: the server has read every byte sent
-    // when it refuses, so closing the connection cannot reset it under the answer.
     request.extend_from_slice(b"1\r\n\x05");
-    socket.write_all(&request).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = storage.raw(&request).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("Error: "), "{answer}");
-    drop(socket);
 
-    // A replacement that is too large leaves the old object in place. (Announced only: the
-    // server answers before reading, and a client still writing could see the connection
-    // closed under it instead of the answer.)
-    let mut socket = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connect");
-    socket
-        .write_all(
-            format!(
-                "POST /sendImage?state=working&id=1 HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
-                64 * 1024 + 1
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut answer = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
-        .await
-        .expect("answered")
-        .expect("read");
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"));
-    drop(socket);
+    // A replacement that is too large leaves the old object in place.
+    let answer = storage.raw(&announced(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(
         storage.get("state=working&id=1").await.body.as_ref(),
         png(64 * 1024, 1).as_slice()

@@ -210,6 +210,24 @@ impl Storage {
         .await
     }
 
+    /// Writes `request` as is on a new connection and returns what comes back until the
+    /// server closes it (or 5 s pass).
+    pub async fn raw(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let address = self.base.trim_start_matches("http://");
+        let mut socket = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        socket.write_all(request).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            socket.read_to_end(&mut answer),
+        )
+        .await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// Stops the service (graceful shutdown) and waits for it.
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
