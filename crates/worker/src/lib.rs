@@ -280,18 +280,11 @@ impl Worker {
         let id = claim.id;
         let input = self
             .retry("fetching the upload", || async {
-                let response = self
-                    .upstream
-                    .send(STORAGE_ADDRESS, |c, base| {
+                let (status, body) = self
+                    .exchange(STORAGE_ADDRESS, |c, base| {
                         c.get(&format!("{base}/getImage?state=working&id={id}"))
                     })
-                    .await
-                    .map_err(|e| StepError::Transient(e.to_string()))?;
-                let status = response.status();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| StepError::Transient(format!("reading the upload: {e}")))?;
+                    .await?;
                 match status {
                     StatusCode::OK => Ok(body),
                     StatusCode::NOT_FOUND => Err(StepError::Fatal(
@@ -331,16 +324,12 @@ impl Worker {
         };
         let result = Bytes::from(processed.bytes);
         self.retry("storing the result", || async {
-            let response = self
-                .upstream
-                .send(STORAGE_ADDRESS, |c, base| {
+            let (status, body) = self
+                .exchange(STORAGE_ADDRESS, |c, base| {
                     c.post(&format!("{base}/sendImage?state=finished&id={id}"))
                         .body(result.clone())
                 })
-                .await
-                .map_err(|e| StepError::Transient(e.to_string()))?;
-            let status = response.status();
-            let body = response.bytes().await.unwrap_or_default();
+                .await?;
             if status == StatusCode::OK {
                 Ok(())
             } else {
@@ -352,16 +341,12 @@ impl Worker {
         // even when storing failed).
         let lease = claim.lease.as_str();
         self.retry("reporting the task finished", || async {
-            let response = self
-                .upstream
-                .send(MASTER_ADDRESS, |c, base| {
+            let (status, body) = self
+                .exchange(MASTER_ADDRESS, |c, base| {
                     c.post(&format!("{base}/registerTaskFinished?id={id}"))
                         .query(&[("lease", lease)])
                 })
-                .await
-                .map_err(|e| StepError::Transient(e.to_string()))?;
-            let status = response.status();
-            let body = response.bytes().await.unwrap_or_default();
+                .await?;
             match status {
                 StatusCode::OK => Ok(()),
                 StatusCode::CONFLICT => Err(StepError::LostLease(
@@ -371,6 +356,25 @@ impl Worker {
             }
         })
         .await
+    }
+
+    /// One call to a service, its answer read whole; failing to get one is transient.
+    async fn exchange(
+        &self,
+        key: &'static str,
+        build: impl Fn(&HttpClient, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Bytes), StepError> {
+        let response = self
+            .upstream
+            .send(key, build)
+            .await
+            .map_err(|e| StepError::Transient(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| StepError::Transient(format!("reading the answer: {e}")))?;
+        Ok((status, body))
     }
 
     /// Runs `step` until it succeeds, fails for good, or has failed transiently
@@ -400,16 +404,12 @@ impl Worker {
         let lease = claim.lease.as_str();
         let outcome = self
             .retry("reporting the failure", || async {
-                let response = self
-                    .upstream
-                    .send(MASTER_ADDRESS, |c, base| {
+                let (status, body) = self
+                    .exchange(MASTER_ADDRESS, |c, base| {
                         c.post(&format!("{base}/failTask?id={id}&retry={retry}"))
                             .query(&[("lease", lease), ("reason", reason)])
                     })
-                    .await
-                    .map_err(|e| StepError::Transient(e.to_string()))?;
-                let status = response.status();
-                let body = response.bytes().await.unwrap_or_default();
+                    .await?;
                 if status == StatusCode::OK {
                     Ok(())
                 } else {
