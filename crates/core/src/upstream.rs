@@ -74,11 +74,6 @@ impl Upstream {
         })
     }
 
-    /// The shared HTTP client.
-    pub fn client(&self) -> &HttpClient {
-        &self.client
-    }
-
     /// The service's base URL (`http://host:port`), resolving it when needed.
     pub async fn base(&self, key: &'static str) -> Result<String, ApiError> {
         if let Some(url) = self.fixed.get(key) {
