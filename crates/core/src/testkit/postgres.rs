@@ -125,10 +125,12 @@ impl PgServer {
         }
         let port = free_port()?;
         // The watchdog: runs postgres in the background and stops it (fast shutdown) once its
-        // stdin reaches end-of-file, i.e. when this handle drops or this process dies.
+        // stdin reaches end-of-file, i.e. when this handle drops or this process dies. It then
+        // deletes the cluster itself: a server kept in a `static` is never dropped, so the
+        // `TempDir` alone would leave a quarter of a gigabyte behind per test binary.
         let script = format!(
             "{postgres} -D {data} -h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200 {ssl} & pg=$!; \
-             read _; kill -INT $pg; wait $pg",
+             read _; kill -INT $pg; wait $pg; rm -rf {sock}",
             postgres = bin.join("postgres").display(),
             data = data.display(),
             sock = dir.path().display(),
