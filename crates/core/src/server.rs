@@ -130,12 +130,16 @@ pub async fn run(
         // Small request/response exchanges: don't let Nagle hold back the last segment.
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(true);
-        })
-        .into_future();
+    // With the peer's address, for handlers that limit per client.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    })
+    .into_future();
     tracing::info!(service = options.service, address = %local, "listening");
     tokio::select! {
         result = server => result.with_context(|| format!("{} server on {local} failed", options.service))?,
@@ -254,8 +258,38 @@ async fn metrics_text() -> Response {
 
 /// Gives every error response the seeds' `Error: <reason>` text body, whoever produced it
 /// (axum's 405 and extractor rejections, the body-limit layer, …).
+/// Longest error body turned into JSON; error bodies are one line of text.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 async fn uniform_error_bodies(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    // The public JSON API answers errors as `{"error": "…"}`; everything else keeps the
+    // seeds' `Error: …` text.
+    let json = request.uri().path().starts_with("/api/");
+    let response = text_error_bodies(next.run(request).await);
+    if json && (response.status().is_client_error() || response.status().is_server_error()) {
+        return json_error_body(response).await;
+    }
+    response
+}
+
+/// Rewrites an `Error: …` text response as `{"error": "…"}`, keeping status and headers.
+async fn json_error_body(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let reason = text.trim().trim_start_matches("Error: ");
+    let body = serde_json::json!({ "error": reason }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn text_error_bodies(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<ShoalErrorBody>().is_some()

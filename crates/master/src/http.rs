@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/isReady", get(is_ready))
         .route("/get", get(get_result))
         .route("/original", get(get_original))
+        .route("/api/v1/tasks", post(create_task))
         .route("/api/v1/tasks/{id}", get(task_status))
+        .route("/api/v1/tasks/{id}/result", get(task_result))
+        .route("/api/v1/tasks/{id}/original", get(task_original))
         .route("/getNewTask", post(get_new_task))
         .route("/registerTaskFinished", post(register_task_finished))
         .route("/failTask", post(fail_task))
@@ -168,14 +171,58 @@ impl AppState {
     }
 }
 
-/// `POST /new`: validates the upload, then creates the task held, stores the image and only
-/// then releases the task, so no worker can claim a task whose input is not stored yet.
+/// What an upload came to.
+enum Accepted {
+    /// The task's id (a new task, or the earlier one of a retried upload).
+    Task(u64),
+    /// Refused for now: the queue is full (503 with `Retry-After`).
+    QueueFull(Response),
+}
+
+/// `POST /new`: the seed's upload; answers the task id as text.
 async fn new_image(
     State(app): State<AppState>,
     params: Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    Ok(match accept(&app, &params, &headers, body).await? {
+        Accepted::Task(id) => id.to_string().into_response(),
+        Accepted::QueueFull(response) => response,
+    })
+}
+
+/// `POST /api/v1/tasks`: the same upload for the public API; answers `201 {"id": N}`.
+async fn create_task(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    Ok(match accept(&app, &params, &headers, body).await? {
+        Accepted::Task(id) => {
+            let mut response = (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({ "id": id })),
+            )
+                .into_response();
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{id}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Accepted::QueueFull(response) => response,
+    })
+}
+
+/// Validates the upload, then creates the task held, stores the image and only then releases
+/// the task, so no worker can claim a task whose input is not stored yet.
+async fn accept(
+    app: &AppState,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Accepted, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send the raw image bytes (PNG, JPEG or WebP)",
@@ -214,7 +261,7 @@ async fn new_image(
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return Ok(response);
+        return Ok(Accepted::QueueFull(response));
     }
     let key = headers.get("idempotency-key").cloned();
     let output = output.unwrap_or(info.format);
@@ -260,7 +307,7 @@ async fn new_image(
             )));
         }
         if task["held"] != true {
-            return Ok(id.to_string().into_response());
+            return Ok(Accepted::Task(id));
         }
     }
     let stored = app
@@ -300,7 +347,7 @@ async fn new_image(
         return Err(upstream_refused("the task database", status, &text));
     }
     tracing::info!(id, op = %pipeline, format = output.as_str(), "accepted");
-    Ok(id.to_string().into_response())
+    Ok(Accepted::Task(id))
 }
 
 /// The seed's states as the public API names them.
@@ -367,7 +414,16 @@ async fn get_result(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = id_param(&params)?;
-    match stream_object(&app, "finished", id, &headers).await? {
+    result_response(&app, id, &headers).await
+}
+
+/// The result of task `id`, or why there is none.
+async fn result_response(
+    app: &AppState,
+    id: u64,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    match stream_object(app, "finished", id, headers).await? {
         Some(response) => Ok(response),
         None => {
             let task = app
@@ -441,16 +497,59 @@ async fn stream_object(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the response: {e}")))
 }
 
-/// `GET /api/v1/tasks/{id}`: the job as clients see it.
+/// How often a long-polling task status asks the task database whether a queued task has
+/// started (settlements through this master wake it at once).
+const STATE_RECHECK: Duration = Duration::from_millis(500);
+
+/// `GET /api/v1/tasks/{id}`: the job as clients see it. With `wait=` and `state=`, answers as
+/// soon as the state differs from `state` (or when the wait ends, with the same state), so a
+/// page follows queued → processing → finished with one request per change.
 async fn task_status(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let task = app
-        .task(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+    let wait = params
+        .parsed("wait", parse_duration)?
+        .map(|w| w.min(app.max_wait));
+    let seen = match params.text("state")? {
+        None => None,
+        Some(state @ ("queued" | "processing" | "finished" | "failed")) => Some(state.to_owned()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid state {other:?}: expected queued, processing, finished or failed"
+            )));
+        }
+    };
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    let mut settled = app.settled.subscribe();
+    let task = loop {
+        let task = app
+            .task(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+        let unchanged = seen.as_deref() == Some(state_name(&task));
+        if !unchanged || wait.is_none() || Instant::now() >= deadline {
+            break task;
+        }
+        let recheck = (Instant::now() + STATE_RECHECK).min(deadline);
+        loop {
+            tokio::select! {
+                done = settled.recv() => match done {
+                    Ok(done) if done == id => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep_until(recheck) => break,
+                () = app.shutdown.cancelled() => break,
+            }
+        }
+        if app.shutdown.is_cancelled() {
+            break task;
+        }
+    };
     let payload = &task["payload"];
     Ok(axum::Json(serde_json::json!({
         "id": id,
@@ -461,6 +560,29 @@ async fn task_status(
         "error": task["error"],
     }))
     .into_response())
+}
+
+/// `GET /api/v1/tasks/{id}/result`: the processed image (404 until it exists, 422 if the
+/// task failed).
+async fn task_result(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    result_response(&app, id, &headers).await
+}
+
+/// `GET /api/v1/tasks/{id}/original`: the uploaded image.
+async fn task_original(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    stream_object(&app, "working", id, &headers)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no uploaded image with id {id}")))
 }
 
 /// Forwards a worker's call to the task database with its query, answering what it answered.

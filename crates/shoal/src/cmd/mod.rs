@@ -1,6 +1,7 @@
 //! The command line: one subcommand per service, one file per subcommand.
 
 mod bench;
+mod frontend;
 mod kv;
 mod master;
 mod multicast;
@@ -39,6 +40,8 @@ pub enum Command {
     Master(shoal_master::Config),
     /// Takes image tasks from the master and transforms them, on every core.
     Worker(shoal_worker::Config),
+    /// The web page and public API of the image pipeline.
+    Frontend(shoal_frontend::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
     /// Upload images to a running pipeline, wait, and download the results.
@@ -57,6 +60,7 @@ impl Command {
             Self::Storage(config) => config.common.log_format,
             Self::Master(config) => config.common.log_format,
             Self::Worker(config) => config.common.log_format,
+            Self::Frontend(config) => config.common.log_format,
             Self::Multicast(args) => args.log_format(),
             Self::Bench(_) | Self::Submit(_) => LogFormat::Text,
         }
@@ -71,6 +75,7 @@ impl Command {
             Self::Storage(config) => storage::run(config).await,
             Self::Master(config) => master::run(config).await,
             Self::Worker(config) => worker::run(config).await,
+            Self::Frontend(config) => frontend::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
             Self::Submit(args) => submit::run(args).await,

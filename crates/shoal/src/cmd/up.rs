@@ -1,6 +1,7 @@
 //! `shoal up`: the whole pipeline in one process, on loopback, with embedded storage.
 //!
-//! It hosts the k/v store, the task database, the blob storage, the master and a worker; each
+//! It hosts the k/v store, the task database, the blob storage, the master, a worker and the
+//! web frontend; each
 //! registers in (and finds the others through) the k/v store exactly as it does when run on
 //! its own, so the same code paths run here and across many hosts.
 
@@ -19,8 +20,8 @@ const EMBEDDED_WORKER: &str = "shoal-up-embedded";
 /// How `shoal up` picks its ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Ports {
-    /// The documented defaults (k/v 3000, tasks 3001, storage 3002, master 3003), unless a
-    /// `--*-listen` flag says otherwise.
+    /// The documented defaults (k/v 3000, tasks 3001, storage 3002, master 3003, frontend
+    /// 8080), unless a `--*-listen` flag says otherwise.
     Default,
     /// Free ports picked by the system (for tests and for running several stacks).
     Auto,
@@ -57,6 +58,14 @@ pub struct Args {
     #[arg(long, env = "SHOAL_UP_MASTER_LISTEN", default_value = "127.0.0.1:3003")]
     pub master_listen: String,
 
+    /// Address of the web frontend (the page users open).
+    #[arg(
+        long,
+        env = "SHOAL_UP_FRONTEND_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub frontend_listen: String,
+
     /// Worker threads (default: the number of cores).
     #[arg(long, env = "SHOAL_UP_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
@@ -81,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tasks_listener = server::bind(&listen(&args.tasks_listen)).await?;
     let storage_listener = server::bind(&listen(&args.storage_listen)).await?;
     let master_listener = server::bind(&listen(&args.master_listen)).await?;
+    let frontend_listener = server::bind(&listen(&args.frontend_listen)).await?;
     let url = |l: &tokio::net::TcpListener| -> anyhow::Result<String> {
         Ok(format!("http://{}", l.local_addr()?))
     };
@@ -88,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tasks_url = url(&tasks_listener)?;
     let storage_url = url(&storage_listener)?;
     let master_url = url(&master_listener)?;
+    let frontend_url = url(&frontend_listener)?;
 
     let kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
     let mut tasks = shoal_tasks::Config::with_data_dir(args.data_dir.join("tasks"));
@@ -100,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut worker = shoal_worker::Config::with_kv(kv_url.clone());
     worker.threads = args.threads;
     worker.name = Some(EMBEDDED_WORKER.to_owned());
+    let frontend = shoal_frontend::Config::with_kv(kv_url.clone());
 
     // Started in dependency order and stopped in reverse, so each service deregisters from a
     // k/v store that is still there, and the worker finishes its tasks while the services it
@@ -129,17 +141,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     services.start("worker", |stop| {
         shoal_worker::run(worker, stop.cancelled_owned())
     });
+    services.start("frontend", |stop| {
+        shoal_frontend::run(frontend, frontend_listener, stop.cancelled_owned())
+    });
     for (service, address) in [
         ("k/v store", &kv_url),
         ("task database", &tasks_url),
         ("storage", &storage_url),
         ("master", &master_url),
+        ("frontend", &frontend_url),
     ] {
         println!("{service} listening on {address}");
     }
-    println!(
-        "shoal is up: upload with `curl --data-binary @photo.png {master_url}/new`. Ctrl-C stops it."
-    );
+    println!("shoal is up: open {frontend_url}/ to upload images. Ctrl-C stops it.");
 
     let result = tokio::select! {
         () = server::shutdown_signal() => Ok(()),
