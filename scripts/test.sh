@@ -16,6 +16,18 @@ if ! have_postgres; then
   fi
 fi
 
+# The browser test drives Debian's Chromium through chromedriver.
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } &&
+   [ -z "${SHOAL_TEST_CHROMEDRIVER:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Chromium for the browser test…"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "NOTE: Chromium is not installed; the browser test will be skipped (it fails under CI=true)." >&2
+  fi
+fi
+
 # The S3 backend's tests run against moto_server (PyPI moto[server]) in its own virtualenv, so
 # nothing is installed into the system Python. It is found there by the test kit.
 MOTO_VENV="${HOME}/.cache/shoal/tools/moto"

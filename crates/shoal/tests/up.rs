@@ -114,7 +114,13 @@ async fn up_runs_the_pipeline_and_stops_on_sigterm() {
     shoal_core::client::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut up = Up::start(dir.path(), &[]);
-    for service in ["k/v store", "task database", "storage", "master"] {
+    for service in [
+        "k/v store",
+        "task database",
+        "storage",
+        "master",
+        "frontend",
+    ] {
         assert!(
             up.urls.contains_key(service),
             "no URL for {service}: {:?}",
@@ -122,6 +128,19 @@ async fn up_runs_the_pipeline_and_stops_on_sigterm() {
         );
     }
     let client = reqwest::Client::new();
+    // The page users open is served at the frontend's URL.
+    let page = client
+        .get(format!("{}/", up.url("frontend")))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .expect("body")
+            .contains("name=\"uploadfile\"")
+    );
     let kv = up.url("k/v store").to_owned();
     let r = client
         .post(format!("{kv}/set?key=hello&value=world"))
