@@ -341,14 +341,14 @@ async fn submit_processes_files_and_names_the_failures() {
     }
     std::fs::write(inputs.join("notes.png"), b"this is not an image").expect("write");
     let out = dir.path().join("out");
-    let submit = |files: &[&str]| {
+    let submit = |server: &str, files: &[&str]| {
         let mut command = Command::new(BIN);
         command
             .arg("submit")
             .args(files.iter().map(|f| inputs.join(f)))
             .args([
                 "--server",
-                up.url("master"),
+                up.url(server),
                 "--op",
                 "grayscale",
                 "--format",
@@ -358,7 +358,7 @@ async fn submit_processes_files_and_names_the_failures() {
             .arg(&out);
         command.output().expect("run shoal submit")
     };
-    let run = submit(&["a.png", "b.png", "c.png", "notes.png"]);
+    let run = submit("master", &["a.png", "b.png", "c.png", "notes.png"]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "one file is not an image");
@@ -374,10 +374,16 @@ async fn submit_processes_files_and_names_the_failures() {
             "grayscale"
         );
     }
-    let run = submit(&["a.png", "b.png"]);
+    // The same through the frontend, which serves the same public API.
+    std::fs::remove_dir_all(&out).expect("clear the results");
+    let run = submit("frontend", &["a.png", "b.png"]);
     assert!(
         run.status.success(),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    for name in ["a", "b"] {
+        let bytes = std::fs::read(out.join(format!("{name}.webp"))).expect("result written");
+        image::load_from_memory(&bytes).expect("an image");
+    }
 }

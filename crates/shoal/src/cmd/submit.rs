@@ -19,11 +19,12 @@ pub struct Args {
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
-    /// The master (or the frontend's public API) to submit to.
+    /// The frontend (the URL `shoal up` prints) or the master: both serve the public API
+    /// `/api/v1/tasks` it uses.
     #[arg(
         long,
         env = "SHOAL_SUBMIT_SERVER",
-        default_value = "http://127.0.0.1:3003"
+        default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
 
@@ -174,33 +175,48 @@ impl Job<'_> {
             query.push(("format", format));
         }
         let body = bytes::Bytes::from(bytes);
-        let id = self
+        // The public API, which the master and the frontend both serve.
+        let created = self
             .retrying(|| {
                 self.client
-                    .post(&format!("{}/new", self.server))
+                    .post(&format!("{}/api/v1/tasks", self.server))
                     .query(&query)
                     .header("idempotency-key", key.as_str())
                     .body(body.clone())
             })
             .await?;
-        let id: u64 = id.trim().parse().context("the server answered no id")?;
+        let id = serde_json::from_str::<serde_json::Value>(&created)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .context("the server answered no id")?;
+        let mut state = String::from("queued");
         loop {
-            let ready = self
+            let answer = self
                 .retrying(|| {
-                    self.client.long_poll(
-                        reqwest::Method::GET,
-                        &format!("{}/isReady?id={id}&wait=30s", self.server),
-                        Duration::from_secs(30),
-                    )
+                    self.client
+                        .long_poll(
+                            reqwest::Method::GET,
+                            &format!("{}/api/v1/tasks/{id}", self.server),
+                            Duration::from_secs(30),
+                        )
+                        .query(&[("wait", "30s"), ("state", state.as_str())])
                 })
                 .await?;
-            if ready.trim() == "1" {
-                break;
+            let task: serde_json::Value =
+                serde_json::from_str(&answer).context("the server's answer is not a task")?;
+            match task["state"].as_str() {
+                Some("finished") => break,
+                Some("failed") => bail!(
+                    "processing failed: {}",
+                    task["error"].as_str().unwrap_or("unknown reason")
+                ),
+                Some(other) => state = other.to_owned(),
+                None => bail!("the server's answer is not a task: {answer}"),
             }
         }
         let response = self
             .client
-            .get(&format!("{}/get?id={id}", self.server))
+            .get(&format!("{}/api/v1/tasks/{id}/result", self.server))
             .send()
             .await
             .context("downloading the result")?;
@@ -208,7 +224,7 @@ impl Job<'_> {
             let status = response.status();
             bail!(
                 "{status}: {}",
-                response.text().await.unwrap_or_default().trim()
+                reason(&response.text().await.unwrap_or_default())
             );
         }
         let extension = match response
@@ -259,7 +275,7 @@ impl Job<'_> {
                         return Ok(text);
                     }
                     if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                        bail!("{}", text.trim().trim_start_matches("Error: "));
+                        bail!("{}", reason(&text));
                     }
                     (format!("{status}: {}", text.trim()), retry_after)
                 }
@@ -271,4 +287,12 @@ impl Job<'_> {
             tokio::time::sleep(transient.1.unwrap_or(*pause)).await;
         }
     }
+}
+
+/// The reason in an error body: `{"error": "…"}` from the public API, or `Error: …` text.
+fn reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().trim_start_matches("Error: ").to_owned())
 }
