@@ -199,6 +199,13 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(..=1_000_000))]
     pub latency_images: u32,
 
+    /// Which service the clients talk to: `master` (the seed's `/new` and `isReady?wait=`) or
+    /// `frontend` (the public API, `POST /api/v1/tasks` and long polls of
+    /// `/api/v1/tasks/{id}?wait=&state=`). In-process, `frontend` also starts the frontend in
+    /// front of the master; with --target, it says the target is a frontend.
+    #[arg(long, value_enum, default_value_t = Via::Master)]
+    pub via: Via,
+
     /// Bearer token to send to --target.
     #[arg(
         long,
@@ -228,6 +235,7 @@ impl PipelineArgs {
             baseline: false,
             no_baseline: false,
             latency_images: 50,
+            via: Via::Master,
             token: None,
         }
     }
@@ -258,6 +266,15 @@ fn parse_pipeline(text: &str) -> Result<Pipeline, String> {
 
 fn parse_format(text: &str) -> Result<Format, String> {
     text.parse::<Format>().map_err(|e| e.to_string())
+}
+
+/// The service the bench's clients upload to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// The master's seed routes.
+    Master,
+    /// The frontend's public API.
+    Frontend,
 }
 
 /// An image's width and height, written `WxH`.
@@ -725,8 +742,10 @@ struct Input {
 #[derive(Debug)]
 struct Work {
     inputs: Vec<Input>,
-    /// `/new?op=…[&format=…]`.
+    /// `/new?op=…[&format=…]`, or `/api/v1/tasks?op=…` for the public API.
     path: String,
+    /// Whether the clients speak the public API (the frontend) rather than the seed's.
+    public: bool,
     pipeline: Pipeline,
     format: Option<Format>,
 }
@@ -800,12 +819,14 @@ struct Stack {
     servers: Vec<(&'static str, TestServer)>,
     worker_stop: Option<oneshot::Sender<()>>,
     worker: JoinHandle<anyhow::Result<()>>,
-    master_url: String,
+    /// Where the clients send their uploads: the master, or the frontend in front of it.
+    entry_url: String,
 }
 
 impl Stack {
-    /// Starts kv → tasks → storage → master → worker, as `shoal up` does, on `127.0.0.1:0`.
-    async fn start(threads: u32, max_upload: u64) -> anyhow::Result<Self> {
+    /// Starts kv → tasks → storage → master → worker (→ frontend with `frontend`), as
+    /// `shoal up` does, on `127.0.0.1:0`.
+    async fn start(threads: u32, max_upload: u64, frontend: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-bench-pipeline-")
             .tempdir()
@@ -834,8 +855,17 @@ impl Stack {
         let master = TestServer::start(move |l, s| shoal_master::run(master_config, l, s))
             .await
             .context("cannot start the in-process master")?;
-        let master_url = master.base_url.clone();
+        let mut entry_url = master.base_url.clone();
         servers.push(("master", master));
+        if frontend {
+            let mut config = shoal_frontend::Config::with_kv(kv_url.clone());
+            config.max_upload = config.max_upload.max(max_upload);
+            let frontend = TestServer::start(move |l, s| shoal_frontend::run(config, l, s))
+                .await
+                .context("cannot start the in-process frontend")?;
+            entry_url = frontend.base_url.clone();
+            servers.push(("frontend", frontend));
+        }
         let mut worker_config = shoal_worker::Config::with_kv(kv_url);
         worker_config.threads = Some(threads);
         worker_config.name = Some(WORKER_NAME.to_owned());
@@ -848,7 +878,7 @@ impl Stack {
             servers,
             worker_stop: Some(worker_stop),
             worker,
-            master_url,
+            entry_url,
         })
     }
 
@@ -942,10 +972,14 @@ impl Failure {
 async fn upload_and_wait(
     sender: &mut Sender,
     target: &Target,
-    path: &str,
+    work: &Work,
     body: &Bytes,
     deadline: Instant,
 ) -> Result<(u64, Instant), Failure> {
+    if work.public {
+        return upload_and_wait_public(sender, target, &work.path, body, deadline).await;
+    }
+    let path = work.path.as_str();
     let request = target
         .request(Method::POST, path, body.clone())
         .map_err(|e| Failure::Refused(format!("{e:#}")))?;
@@ -1003,10 +1037,88 @@ async fn upload_and_wait(
     }
 }
 
+/// [`upload_and_wait`] through the public API: `201 {"id": N}`, then long polls keyed by the
+/// state last seen.
+async fn upload_and_wait_public(
+    sender: &mut Sender,
+    target: &Target,
+    path: &str,
+    body: &Bytes,
+    deadline: Instant,
+) -> Result<(u64, Instant), Failure> {
+    let request = target
+        .request(Method::POST, path, body.clone())
+        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+    let (status, answer) = match tokio::time::timeout_at(deadline, fetch(sender, request)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(Failure::Broken(format!("POST /api/v1/tasks: {e:#}"))),
+        Err(_) => return Err(Failure::Broken("POST /api/v1/tasks timed out".to_owned())),
+    };
+    let text = String::from_utf8_lossy(&answer);
+    if status != StatusCode::CREATED {
+        return Err(Failure::Refused(format!(
+            "POST /api/v1/tasks answered {status}: {}",
+            text.trim()
+        )));
+    }
+    let id = serde_json::from_slice::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| v["id"].as_u64())
+        .ok_or_else(|| Failure::Refused(format!("POST /api/v1/tasks answered {text:?}, no id")))?;
+    let mut state = String::from("queued");
+    loop {
+        let wait = format!(
+            "/api/v1/tasks/{id}?wait={}s&state={state}",
+            READY_WAIT.as_secs()
+        );
+        let request = target
+            .request(Method::GET, &wait, Bytes::new())
+            .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+        let (status, answer) = match tokio::time::timeout_at(deadline, fetch(sender, request)).await
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(Failure::Broken(format!("GET /api/v1/tasks/{id}: {e:#}"))),
+            Err(_) => {
+                return Err(Failure::Broken(format!(
+                    "task {id} not ready {} after its upload",
+                    humantime::format_duration(IMAGE_LIMIT)
+                )));
+            }
+        };
+        let ready_at = Instant::now();
+        let task: serde_json::Value = match (status, serde_json::from_slice(&answer)) {
+            (StatusCode::OK, Ok(task)) => task,
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "GET /api/v1/tasks/{id} answered {status}: {}",
+                    String::from_utf8_lossy(&answer).trim()
+                )));
+            }
+        };
+        match task["state"].as_str().unwrap_or("") {
+            "finished" => return Ok((id, ready_at)),
+            "failed" => {
+                return Err(Failure::Refused(format!(
+                    "task {id} failed: {}",
+                    task["error"]
+                )));
+            }
+            _ if ready_at >= deadline => {
+                return Err(Failure::Refused(format!(
+                    "task {id} not ready {} after its upload",
+                    humantime::format_duration(IMAGE_LIMIT)
+                )));
+            }
+            other => other.clone_into(&mut state),
+        }
+    }
+}
+
 /// Fetches task `id`'s result and compares it with `expected`.
 async fn check_result(
     sender: &mut Option<Sender>,
     target: &Target,
+    public: bool,
     id: u64,
     expected: &Expected,
 ) -> Result<(), String> {
@@ -1016,7 +1128,12 @@ async fn check_result(
             _ => target.connect().await?,
         };
         let sender = sender.insert(conn);
-        let request = target.request(Method::GET, &format!("/get?id={id}"), Bytes::new())?;
+        let path = if public {
+            format!("/api/v1/tasks/{id}/result")
+        } else {
+            format!("/get?id={id}")
+        };
+        let request = target.request(Method::GET, &path, Bytes::new())?;
         fetch(sender, request).await
     };
     let (status, body) = tokio::time::timeout(CHECK_LIMIT, attempt)
@@ -1075,7 +1192,7 @@ async fn client(target: Arc<Target>, work: Arc<Work>, next: Arc<AtomicU64>, coun
             let sent = Instant::now();
             tally.first_sent.get_or_insert(sent);
             let input = work.input(n);
-            match upload_and_wait(sender, &target, &work.path, &input.png, deadline).await {
+            match upload_and_wait(sender, &target, &work, &input.png, deadline).await {
                 Ok((id, ready_at)) => {
                     tally.stats.record(ready_at - sent);
                     tally.last_ready = Some(tally.last_ready.map_or(ready_at, |t| t.max(ready_at)));
@@ -1147,7 +1264,9 @@ async fn run_pipeline(
     let mut conn = None;
     for &(id, n) in samples {
         m.checked += 1;
-        if let Err(problem) = check_result(&mut conn, target, id, &work.input(n).expected).await {
+        if let Err(problem) =
+            check_result(&mut conn, target, work.public, id, &work.input(n).expected).await
+        {
             m.wrong += 1;
             m.problem(problem);
         }
@@ -1272,7 +1391,7 @@ async fn run_latency(
             continue;
         };
         let sent = Instant::now();
-        match upload_and_wait(sender, target, &work.path, &input.png, deadline).await {
+        match upload_and_wait(sender, target, work, &input.png, deadline).await {
             Ok((id, ready_at)) => {
                 if i > 0 {
                     l.stats.record(ready_at - sent);
@@ -1291,7 +1410,9 @@ async fn run_latency(
     }
     if let Some(id) = last {
         l.checked += 1;
-        if let Err(problem) = check_result(&mut conn, target, id, &input.expected).await {
+        if let Err(problem) =
+            check_result(&mut conn, target, work.public, id, &input.expected).await
+        {
             l.wrong += 1;
             l.first_problem.get_or_insert(problem);
         }
@@ -1457,19 +1578,26 @@ pub async fn measure(args: &PipelineArgs) -> anyhow::Result<PipelineReport> {
         .map(|i| i.png.len() as u64)
         .max()
         .unwrap_or(0);
-    let path = new_path(&args.op, args.format);
+    let public = args.via == Via::Frontend;
+    let path = if public {
+        new_path(&args.op, args.format).replacen("/new?", "/api/v1/tasks?", 1)
+    } else {
+        new_path(&args.op, args.format)
+    };
     let output_format = inputs
         .first()
         .map_or(Format::Png, |input| input.expected.format);
     let work = Arc::new(Work {
         inputs,
         path: path.clone(),
+        public,
         pipeline: args.op.clone(),
         format: args.format,
     });
     let small = Arc::new(Work {
         inputs: small_inputs,
         path,
+        public,
         pipeline: args.op.clone(),
         format: args.format,
     });
@@ -1503,8 +1631,8 @@ pub async fn measure(args: &PipelineArgs) -> anyhow::Result<PipelineReport> {
                      {largest} bytes to take these inputs"
                 ));
             }
-            let stack = Stack::start(threads, largest).await?;
-            let target = Target::parse(&stack.master_url, None);
+            let stack = Stack::start(threads, largest, public).await?;
+            let target = Target::parse(&stack.entry_url, None);
             (Some(stack), target)
         }
     };
@@ -1522,8 +1650,13 @@ pub async fn measure(args: &PipelineArgs) -> anyhow::Result<PipelineReport> {
         Some(_) => "external".to_owned(),
         None => format!(
             "in-process: k/v store, task database, storage, master, worker with {threads} \
-             thread{}",
-            if threads == 1 { "" } else { "s" }
+             thread{}{}",
+            if threads == 1 { "" } else { "s" },
+            if public {
+                ", frontend (clients use its public API)"
+            } else {
+                ""
+            }
         ),
     };
     if args.target.is_some() && args.with_baseline() {

@@ -88,6 +88,49 @@ async fn pipeline_scenario_measures_the_stack_the_baseline_and_idle_latency() ->
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_scenario_through_the_frontend_uses_the_public_api() -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from([
+        "shoal-bench",
+        "pipeline",
+        "--via",
+        "frontend",
+        "--images",
+        "5",
+        "--size",
+        "48x32",
+        "--concurrency",
+        "2",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--no-baseline",
+        "--latency-images",
+        "2",
+        "--op",
+        "grayscale",
+        "--format",
+        "webp",
+    ])?;
+    let report = shoal_bench::measure(&cli.bench)
+        .await?
+        .into_pipeline()
+        .expect("a pipeline report");
+    report.check()?;
+    assert!(report.target_kind.contains("frontend"), "{report}");
+    let m = report
+        .measurements
+        .iter()
+        .find(|m| m.label == LABEL)
+        .expect("the pipeline measured");
+    assert_eq!((m.stats.ok(), m.stats.errors), (5, 0), "{report}");
+    assert!(m.checked > 0 && m.wrong == 0, "{report}");
+    let latency = report.latency.as_ref().expect("idle latency measured");
+    assert_eq!((latency.stats.ok(), latency.wrong), (2, 0), "{report}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn unreachable_target_is_an_error() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

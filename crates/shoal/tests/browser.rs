@@ -190,6 +190,19 @@ async fn a_browser_uploads_through_the_page_and_gets_the_result() {
         .goto(&format!("{frontend}/"))
         .await
         .expect("open the page");
+    // Every control is named for a screen reader: a label, an aria-label, or its own text.
+    let unnamed = browser
+        .execute(
+            "return [...document.querySelectorAll('input, select, textarea, button')]\
+             .filter(e => e.type !== 'hidden')\
+             .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')\
+               && !(e.tagName === 'BUTTON' && e.textContent.trim()))\
+             .map(e => e.id || e.name || e.tagName);",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(unnamed, serde_json::json!([]), "controls without a name");
     let input = browser
         .find(Locator::Css("#uploadfile"))
         .await
@@ -231,6 +244,14 @@ async fn a_browser_uploads_through_the_page_and_gets_the_result() {
     )
     .await;
     assert_eq!(width, 160, "the result image is shown");
+    let without_alt = browser
+        .execute(
+            "return [...document.querySelectorAll('img')].filter(i => !i.alt).length;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(without_alt, 0, "every image has alt text");
     let href = browser
         .find(Locator::Css("article.card a.download"))
         .await
