@@ -14,7 +14,7 @@ struct Stack {
     _kv: TestServer,
     _tasks: TestServer,
     _storage: TestServer,
-    _master: TestServer,
+    master: TestServer,
     frontend: TestServer,
     worker_stop: CancellationToken,
     client: reqwest::Client,
@@ -22,27 +22,41 @@ struct Stack {
 
 impl Stack {
     async fn start(configure: impl FnOnce(&mut shoal_frontend::Config)) -> Self {
+        Self::start_with_token(None, configure).await
+    }
+
+    /// A stack whose internal services all require `token` (the frontend gets it too).
+    async fn start_with_token(
+        token: Option<&str>,
+        configure: impl FnOnce(&mut shoal_frontend::Config),
+    ) -> Self {
         shoal_core::client::install_crypto_provider();
+        let token = token.map(shoal_core::config::Token::new);
         let dir = tempfile::tempdir().expect("tempdir");
-        let kv_config = shoal_kv::Config::with_data_dir(dir.path().join("kv"));
+        let mut kv_config = shoal_kv::Config::with_data_dir(dir.path().join("kv"));
+        kv_config.common.token = token.clone();
         let kv = TestServer::start(move |l, s| shoal_kv::run(kv_config, l, s))
             .await
             .expect("kv");
         let mut tasks_config = shoal_tasks::Config::with_data_dir(dir.path().join("tasks"));
         tasks_config.common.kv = Some(kv.base_url.clone());
+        tasks_config.common.token = token.clone();
         let tasks = TestServer::start(move |l, s| shoal_tasks::run(tasks_config, l, s))
             .await
             .expect("tasks");
         let mut storage_config = shoal_storage::Config::with_data_dir(dir.path().join("storage"));
         storage_config.common.kv = Some(kv.base_url.clone());
+        storage_config.common.token = token.clone();
         let storage = TestServer::start(move |l, s| shoal_storage::run(storage_config, l, s))
             .await
             .expect("storage");
-        let master_config = shoal_master::Config::with_kv(kv.base_url.clone());
+        let mut master_config = shoal_master::Config::with_kv(kv.base_url.clone());
+        master_config.common.token = token.clone();
         let master = TestServer::start(move |l, s| shoal_master::run(master_config, l, s))
             .await
             .expect("master");
         let mut frontend_config = shoal_frontend::Config::with_kv(kv.base_url.clone());
+        frontend_config.common.token = token.clone();
         configure(&mut frontend_config);
         let frontend = TestServer::start(move |l, s| shoal_frontend::run(frontend_config, l, s))
             .await
@@ -50,6 +64,7 @@ impl Stack {
         let mut worker = shoal_worker::Config::with_kv(kv.base_url.clone());
         worker.threads = Some(2);
         worker.poll_wait = Duration::from_secs(2);
+        worker.common.token = token.clone();
         let worker_stop = CancellationToken::new();
         let stop = worker_stop.clone();
         tokio::spawn(shoal_worker::run(
@@ -61,7 +76,7 @@ impl Stack {
             _kv: kv,
             _tasks: tasks,
             _storage: storage,
-            _master: master,
+            master,
             frontend,
             worker_stop,
             client: reqwest::Client::builder()
@@ -726,5 +741,36 @@ async fn basic_auth_and_the_rate_limit_guard_a_networked_frontend() {
         .await
         .expect("read");
     assert_eq!(r.status(), 200);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_carries_the_internal_token_upstream() {
+    let stack = Stack::start_with_token(Some("internal-s3cret"), |_| {}).await;
+    // The internal services refuse callers without the token…
+    let r = stack
+        .client
+        .get(stack.master.url("/api/v1/tasks/0"))
+        .send()
+        .await
+        .expect("master");
+    assert_eq!(r.status(), 401);
+    // …while the page's users, who never see it, go through the frontend.
+    let original = image(12, 9, 7);
+    let (status, _, id) = stack
+        .post_form(
+            "/submitTask",
+            &Form::new().file("uploadfile", "a.png", png(&original)),
+        )
+        .await;
+    assert_eq!(status, 200, "{id}");
+    let id: u64 = id.parse().expect("id");
+    assert_eq!(
+        stack.wait_ready(id).await,
+        (200, "Your image is ready.".to_owned())
+    );
+    let (status, _, body) = stack.get(&format!("/getImage?id={id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(decode(&body).to_rgba8().into_raw(), swapped(&original));
     stack.stop().await;
 }
