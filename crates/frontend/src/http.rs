@@ -351,67 +351,54 @@ async fn send_to_master(
     Ok(Ok(id))
 }
 
-/// `POST /submitTask`: the seed's upload (multipart, field `uploadfile`) → the id as text.
-async fn submit_task(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+/// Reads one image from `request` (a form or the raw body) and sends it to the master: the
+/// task id, or the master's refusal as a response. `Idempotency-Key` is passed on.
+async fn accept_one(app: &AppState, request: Request) -> Result<Result<u64, Response>, ApiError> {
     let key = request.headers().get("idempotency-key").cloned();
-    let upload = read_upload(&app, request, 1).await?;
-    let (_, image) = single(upload.files)?;
-    Ok(
-        match send_to_master(
-            &app,
-            image,
-            upload.op.as_deref(),
-            upload.format.as_deref(),
-            key.as_ref(),
-        )
-        .await?
-        {
-            Ok(id) => id.to_string().into_response(),
-            Err(refusal) => refusal,
-        },
-    )
-}
-
-fn single(mut files: Vec<(String, Bytes)>) -> Result<(String, Bytes), ApiError> {
-    if files.len() > 1 {
+    let upload = read_upload(app, request, 1).await?;
+    if upload.files.len() > 1 {
         return Err(ApiError::bad_request(
             "one image per request here; the page's form takes several",
         ));
     }
-    files
-        .pop()
-        .ok_or_else(|| ApiError::bad_request("no image: send it in the form field uploadfile"))
+    let (_, image) =
+        upload.files.into_iter().next().ok_or_else(|| {
+            ApiError::bad_request("no image: send it in the form field uploadfile")
+        })?;
+    send_to_master(
+        app,
+        image,
+        upload.op.as_deref(),
+        upload.format.as_deref(),
+        key.as_ref(),
+    )
+    .await
+}
+
+/// `POST /submitTask`: the seed's upload (multipart, field `uploadfile`) → the id as text.
+async fn submit_task(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    Ok(match accept_one(&app, request).await? {
+        Ok(id) => id.to_string().into_response(),
+        Err(refusal) => refusal,
+    })
 }
 
 /// `POST /api/v1/tasks`: multipart or raw body → `201 {"id": N}`.
 async fn create_task(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let key = request.headers().get("idempotency-key").cloned();
-    let upload = read_upload(&app, request, 1).await?;
-    let (_, image) = single(upload.files)?;
-    Ok(
-        match send_to_master(
-            &app,
-            image,
-            upload.op.as_deref(),
-            upload.format.as_deref(),
-            key.as_ref(),
-        )
-        .await?
-        {
-            Ok(id) => {
-                let mut response = (
-                    StatusCode::CREATED,
-                    axum::Json(serde_json::json!({ "id": id })),
-                )
-                    .into_response();
-                if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{id}")) {
-                    response.headers_mut().insert(header::LOCATION, location);
-                }
-                response
+    Ok(match accept_one(&app, request).await? {
+        Ok(id) => {
+            let mut response = (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({ "id": id })),
+            )
+                .into_response();
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{id}")) {
+                response.headers_mut().insert(header::LOCATION, location);
             }
-            Err(refusal) => refusal,
-        },
-    )
+            response
+        }
+        Err(refusal) => refusal,
+    })
 }
 
 /// `POST /upload`: the page's form without script: every chosen image becomes a task, then
