@@ -121,3 +121,25 @@ impl Upstream {
         }
     }
 }
+
+/// Headers of a stored object that a service streaming it on keeps.
+const OBJECT_HEADERS: [reqwest::header::HeaderName; 5] = [
+    reqwest::header::CONTENT_TYPE,
+    reqwest::header::CONTENT_LENGTH,
+    reqwest::header::ETAG,
+    reqwest::header::LAST_MODIFIED,
+    reqwest::header::CACHE_CONTROL,
+];
+
+/// Answers with an upstream's object as it arrives: its status, its object headers (type,
+/// length, entity tag, dates, caching) and its body, never buffered whole.
+pub fn stream_through(response: Response) -> Result<axum::response::Response, ApiError> {
+    let mut out = axum::response::Response::builder().status(response.status().as_u16());
+    for name in OBJECT_HEADERS {
+        if let Some(value) = response.headers().get(&name) {
+            out = out.header(name.as_str(), value.as_bytes());
+        }
+    }
+    out.body(axum::body::Body::from_stream(response.bytes_stream()))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the response: {e}")))
+}

@@ -3,10 +3,11 @@
 //! Everything comes from the master; the frontend keeps no state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -16,7 +17,7 @@ use shoal_core::discovery::MASTER_ADDRESS;
 use shoal_core::error::error_response;
 use shoal_core::query::{Params, canonical_id};
 use shoal_core::routes::{get, post};
-use shoal_core::upstream::Upstream;
+use shoal_core::upstream::{Upstream, stream_through};
 
 use crate::guard::{self, RateLimiter};
 use crate::pages;
@@ -334,13 +335,7 @@ async fn send_to_master(
             request
         })
         .await?;
-    let status = StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the master broke off its answer: {e}")))?;
+    let (status, headers, body) = read_answer(response).await?;
     if status != StatusCode::CREATED {
         return Ok(Err(master_error(status, &headers, &body)));
     }
@@ -437,6 +432,20 @@ fn id_param(params: &Params) -> Result<u64, ApiError> {
     canonical_id(params.text("id")?.unwrap_or(""))
 }
 
+/// The master's answer, read whole (small answers: ids, states, JSON, errors).
+async fn read_answer(
+    response: reqwest::Response,
+) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+    let status = StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers().clone();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the master broke off its answer: {e}")))?;
+    Ok((status, headers, body))
+}
+
 /// A GET from the master, whole (small answers: states, JSON).
 async fn master_get(
     app: &AppState,
@@ -446,14 +455,7 @@ async fn master_get(
         .upstream
         .send(MASTER_ADDRESS, |c, base| c.get(&format!("{base}{path}")))
         .await?;
-    let status = StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the master broke off its answer: {e}")))?;
-    Ok((status, headers, body))
+    read_answer(response).await
 }
 
 /// `GET /isReady?id=N`: the seed's sentences; a failed task is 422 saying why.
@@ -492,27 +494,12 @@ async fn stream_image(
             request
         })
         .await?;
-    let status = StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status != StatusCode::OK && status != StatusCode::NOT_MODIFIED {
-        let headers = response.headers().clone();
-        let body = response.bytes().await.unwrap_or_default();
+    let status = response.status().as_u16();
+    if status != 200 && status != 304 {
+        let (status, headers, body) = read_answer(response).await?;
         return Ok(master_error(status, &headers, &body));
     }
-    let mut out = Response::builder().status(status);
-    for name in [
-        header::CONTENT_TYPE,
-        header::CONTENT_LENGTH,
-        header::ETAG,
-        header::LAST_MODIFIED,
-        header::CACHE_CONTROL,
-    ] {
-        if let Some(value) = response.headers().get(name.as_str()) {
-            out = out.header(name, value.as_bytes());
-        }
-    }
-    out.body(Body::from_stream(response.bytes_stream()))
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the response: {e}")))
+    stream_through(response)
 }
 
 /// `GET /getImage?id=N`: the processed image.
@@ -529,39 +516,30 @@ async fn get_image(
 async fn task_status(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
     let id = canonical_id(&id)?;
-    let params = Params::parse(query.as_deref().unwrap_or(""))?;
     let mut query: Vec<(&str, &str)> = Vec::new();
     for key in ["wait", "state"] {
         if let Some(value) = params.text(key)? {
             query.push((key, value));
         }
     }
+    // The master caps the wait (`--max-wait`); the client allows for its longest.
+    let long_poll = query.iter().any(|(key, _)| *key == "wait");
     let response = app
         .upstream
         .send(MASTER_ADDRESS, |c, base| {
             let url = format!("{base}/api/v1/tasks/{id}");
-            match params.text("wait") {
-                Ok(Some(_)) => c
-                    .long_poll(
-                        reqwest::Method::GET,
-                        &url,
-                        std::time::Duration::from_secs(60),
-                    )
-                    .query(&query),
-                _ => c.get(&url).query(&query),
-            }
+            let request = if long_poll {
+                c.long_poll(reqwest::Method::GET, &url, Duration::from_secs(60))
+            } else {
+                c.get(&url)
+            };
+            request.query(&query)
         })
         .await?;
-    let status = StatusCode::from_u16(response.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the master broke off its answer: {e}")))?;
+    let (status, headers, body) = read_answer(response).await?;
     if status != StatusCode::OK {
         return Ok(master_error(status, &headers, &body));
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use shoal_core::discovery::{DATABASE_ADDRESS, STORAGE_ADDRESS};
-use shoal_core::upstream::Upstream;
+use shoal_core::upstream::{Upstream, stream_through};
 
 /// How long a count of waiting tasks is reused before the task database is asked again.
 const QUEUE_COUNT_TTL: Duration = Duration::from_millis(500);
@@ -158,6 +158,29 @@ impl AppState {
             stats["not_started"].as_u64().unwrap_or(0) + stats["held"].as_u64().unwrap_or(0);
         *self.queue_count.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), count));
         Ok(count)
+    }
+
+    /// Waits until task `id` may have settled (a settlement through this master, or missed
+    /// ones) or until `recheck`; `false` when the wait should end now (shutting down).
+    async fn wait_for_settlement(
+        &self,
+        settled: &mut broadcast::Receiver<u64>,
+        id: u64,
+        recheck: Instant,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                done = settled.recv() => match done {
+                    Ok(done) if done == id => return true,
+                    Ok(_) => {}
+                    // Missed some: ours may be among them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                },
+                () = tokio::time::sleep_until(recheck) => return true,
+                () = self.shutdown.cancelled() => return false,
+            }
+        }
     }
 
     async fn tasks_post(&self, path_and_query: &str) -> Result<(StatusCode, Bytes), ApiError> {
@@ -391,18 +414,8 @@ async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'stati
             return Ok("0");
         }
         let recheck = (Instant::now() + READY_RECHECK).min(deadline);
-        loop {
-            tokio::select! {
-                done = settled.recv() => match done {
-                    Ok(done) if done == id => break,
-                    Ok(_) => {}
-                    // Missed some: ours may be among them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Ok("0"),
-                },
-                () = tokio::time::sleep_until(recheck) => break,
-                () = app.shutdown.cancelled() => return Ok("0"),
-            }
+        if !app.wait_for_settlement(&mut settled, id, recheck).await {
+            return Ok("0");
         }
     }
 }
@@ -479,22 +492,7 @@ async fn stream_object(
         let (status, body) = read(response, "the storage").await?;
         return Err(upstream_refused("the storage", status, &body));
     }
-    let mut out = Response::builder().status(status);
-    for name in [
-        header::CONTENT_TYPE,
-        header::CONTENT_LENGTH,
-        header::ETAG,
-        header::LAST_MODIFIED,
-        header::CACHE_CONTROL,
-    ] {
-        if let Some(value) = response.headers().get(name.as_str()) {
-            out = out.header(name, value.as_bytes());
-        }
-    }
-    let body = Body::from_stream(response.bytes_stream());
-    out.body(body)
-        .map(Some)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("building the response: {e}")))
+    stream_through(response).map(Some)
 }
 
 /// How often a long-polling task status asks the task database whether a queued task has
@@ -534,19 +532,7 @@ async fn task_status(
             break task;
         }
         let recheck = (Instant::now() + STATE_RECHECK).min(deadline);
-        loop {
-            tokio::select! {
-                done = settled.recv() => match done {
-                    Ok(done) if done == id => break,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                () = tokio::time::sleep_until(recheck) => break,
-                () = app.shutdown.cancelled() => break,
-            }
-        }
-        if app.shutdown.is_cancelled() {
+        if !app.wait_for_settlement(&mut settled, id, recheck).await {
             break task;
         }
     };
