@@ -2,6 +2,7 @@
 
 mod bench;
 mod frontend;
+mod gossip;
 mod kv;
 mod master;
 mod multicast;
@@ -42,6 +43,8 @@ pub enum Command {
     Worker(shoal_worker::Config),
     /// The web page and public API of the image pipeline.
     Frontend(shoal_frontend::Config),
+    /// A one-value replicated database on SWIM membership: set on any node, read on all.
+    Gossip(shoal_gossip::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
     /// Upload images to a running pipeline, wait, and download the results.
@@ -61,6 +64,7 @@ impl Command {
             Self::Master(config) => config.common.log_format,
             Self::Worker(config) => config.common.log_format,
             Self::Frontend(config) => config.common.log_format,
+            Self::Gossip(config) => config.log_format,
             Self::Multicast(args) => args.log_format(),
             Self::Bench(_) | Self::Submit(_) => LogFormat::Text,
         }
@@ -76,6 +80,7 @@ impl Command {
             Self::Master(config) => master::run(config).await,
             Self::Worker(config) => worker::run(config).await,
             Self::Frontend(config) => frontend::run(config).await,
+            Self::Gossip(config) => gossip::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
             Self::Bench(args) => bench::run(args).await,
             Self::Submit(args) => submit::run(args).await,
