@@ -80,6 +80,7 @@
 //!   in-process processing baseline, the small-image latency, its report.
 
 mod client;
+pub mod gossip;
 pub mod kv;
 pub mod load;
 pub mod mix;
@@ -91,6 +92,7 @@ pub mod tasks;
 
 use std::fmt;
 
+pub use crate::gossip::{GossipArgs, GossipReport};
 pub use crate::kv::KvArgs;
 pub use crate::multicast::{MulticastArgs, MulticastReport};
 pub use crate::pipeline::{PipelineArgs, PipelineReport};
@@ -125,6 +127,9 @@ pub enum Scenario {
     /// master): images/s and upload → ready latency, next to the same decode → op → encode
     /// in this process without services, and a small image's latency on the idle stack.
     Pipeline(PipelineArgs),
+    /// A gossip cluster started in this process: time until a set reaches every node, and
+    /// until a killed node is seen dead by every other.
+    Gossip(GossipArgs),
 }
 
 /// What a scenario measured: its report.
@@ -140,6 +145,8 @@ pub enum Outcome {
     Storage(StorageReport),
     /// `shoal bench pipeline`.
     Pipeline(Box<PipelineReport>),
+    /// `shoal bench gossip`.
+    Gossip(GossipReport),
 }
 
 impl Outcome {
@@ -153,6 +160,7 @@ impl Outcome {
             Outcome::Tasks(report) => report.check(),
             Outcome::Storage(report) => report.check(),
             Outcome::Pipeline(report) => report.check(),
+            Outcome::Gossip(report) => report.check(),
         }
     }
 
@@ -163,7 +171,8 @@ impl Outcome {
             Outcome::Multicast(_)
             | Outcome::Tasks(_)
             | Outcome::Storage(_)
-            | Outcome::Pipeline(_) => None,
+            | Outcome::Pipeline(_)
+            | Outcome::Gossip(_) => None,
         }
     }
 
@@ -171,7 +180,11 @@ impl Outcome {
     pub fn into_multicast(self) -> Option<MulticastReport> {
         match self {
             Outcome::Multicast(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Tasks(_) | Outcome::Storage(_) | Outcome::Pipeline(_) => None,
+            Outcome::Kv(_)
+            | Outcome::Tasks(_)
+            | Outcome::Storage(_)
+            | Outcome::Pipeline(_)
+            | Outcome::Gossip(_) => None,
         }
     }
 
@@ -179,9 +192,11 @@ impl Outcome {
     pub fn into_tasks(self) -> Option<TasksReport> {
         match self {
             Outcome::Tasks(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Storage(_) | Outcome::Pipeline(_) => {
-                None
-            }
+            Outcome::Kv(_)
+            | Outcome::Multicast(_)
+            | Outcome::Storage(_)
+            | Outcome::Pipeline(_)
+            | Outcome::Gossip(_) => None,
         }
     }
 
@@ -189,9 +204,11 @@ impl Outcome {
     pub fn into_storage(self) -> Option<StorageReport> {
         match self {
             Outcome::Storage(report) => Some(report),
-            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Pipeline(_) => {
-                None
-            }
+            Outcome::Kv(_)
+            | Outcome::Multicast(_)
+            | Outcome::Tasks(_)
+            | Outcome::Pipeline(_)
+            | Outcome::Gossip(_) => None,
         }
     }
 
@@ -199,9 +216,11 @@ impl Outcome {
     pub fn into_pipeline(self) -> Option<PipelineReport> {
         match self {
             Outcome::Pipeline(report) => Some(*report),
-            Outcome::Kv(_) | Outcome::Multicast(_) | Outcome::Tasks(_) | Outcome::Storage(_) => {
-                None
-            }
+            Outcome::Kv(_)
+            | Outcome::Multicast(_)
+            | Outcome::Tasks(_)
+            | Outcome::Storage(_)
+            | Outcome::Gossip(_) => None,
         }
     }
 }
@@ -214,6 +233,7 @@ impl fmt::Display for Outcome {
             Outcome::Tasks(report) => report.fmt(f),
             Outcome::Storage(report) => report.fmt(f),
             Outcome::Pipeline(report) => report.fmt(f),
+            Outcome::Gossip(report) => report.fmt(f),
         }
     }
 }
@@ -238,5 +258,6 @@ pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
         Scenario::Pipeline(pipeline) => pipeline::measure(pipeline)
             .await
             .map(|report| Outcome::Pipeline(Box::new(report))),
+        Scenario::Gossip(gossip) => gossip::measure(gossip).await.map(Outcome::Gossip),
     }
 }

@@ -10,7 +10,8 @@
 //!   requests answered at once.
 //! - **Anti-entropy** sends the current version to `--fanout` random members over HTTP
 //!   `/notify` every `--interval`, as the seed does, so a node that missed a push still
-//!   converges.
+//!   converges; in the same round it asks one random member for its membership, so a node
+//!   that missed a SWIM update (they are spread a bounded number of times) learns it.
 //! - **The HTTP API** ([`crate::http`]).
 //!
 //! # How a version spreads
@@ -290,7 +291,7 @@ impl Shared {
 
     pub(crate) async fn members(&self) -> Vec<MemberView> {
         let (tx, rx) = oneshot::channel();
-        if self.actor.send(Input::Members(tx)).await.is_err() {
+        if self.actor.send(Input::View(tx)).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -324,8 +325,12 @@ enum Input {
     Announce(SocketAddr),
     /// A member said it leaves.
     MemberLeft(NodeId),
+    /// A member that just joined asks for the membership.
+    MembersRequest(SocketAddr),
+    /// Membership records from a member we asked.
+    Members(Vec<foca::Member<NodeId>>),
     /// `/members`.
-    Members(oneshot::Sender<Vec<MemberView>>),
+    View(oneshot::Sender<Vec<MemberView>>),
     /// Leave the cluster, then stop.
     Leave(oneshot::Sender<()>),
 }
@@ -595,12 +600,27 @@ async fn membership_actor(
                 left.insert(id.swim, id.bump);
                 foca.apply_many(std::iter::once(foca::Member::down(id)), true, &mut runtime)
             }
-            Input::Members(reply) => {
+            Input::MembersRequest(from) => {
+                send_membership(&shared, &foca, from).await;
+                Ok(())
+            }
+            Input::Members(records) => {
+                let me = foca.identity().swim;
+                foca.apply_many(
+                    records.into_iter().filter(|m| m.id().swim != me),
+                    // The others already know these members.
+                    false,
+                    &mut runtime,
+                )
+            }
+            Input::View(reply) => {
                 let _ = reply.send(member_views(&foca, &left));
                 Ok(())
             }
             Input::Leave(reply) => {
                 let result = foca.leave_cluster(&mut runtime);
+                // Leaving makes foca declare this identity down (Defunct): expected here.
+                while runtime.to_notify().is_some() {}
                 flush(&shared, &mut runtime, &to_self, &joined, &mut left).await;
                 let _ = reply.send(());
                 if let Err(err) = result {
@@ -701,12 +721,52 @@ async fn flush(
     }
 }
 
-/// A node that just (re)joined asks a few members for the current version.
+/// A node that just (re)joined asks a few members for the current version, and two of them
+/// for the whole membership: SWIM's join answer carries only as many members as fit in one
+/// packet, and the rest would otherwise trickle in over minutes in a large cluster.
 async fn request_state(shared: &Shared) {
     let members = shared.active_members();
     let picked: Vec<&NodeId> = members.sample(&mut rand::rng(), 3).collect();
-    for member in picked {
+    for (i, member) in picked.into_iter().enumerate() {
         shared.send(member.swim, Kind::StateRequest, &[]).await;
+        if i < 2 {
+            shared.send(member.swim, Kind::MembersRequest, &[]).await;
+        }
+    }
+}
+
+/// Answers a membership request: every active member's SWIM record, in datagrams that fit
+/// the packet size.
+async fn send_membership(
+    shared: &Shared,
+    foca: &Foca<NodeId, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    to: SocketAddr,
+) {
+    let mut chunk: Vec<foca::Member<NodeId>> = Vec::new();
+    let mut size = 0;
+    let records: Vec<(foca::Member<NodeId>, usize)> = foca
+        .iter_members()
+        .filter(|m| m.id().swim != to)
+        .filter_map(|m| {
+            let len = postcard::to_allocvec(m).ok()?.len();
+            Some((m.clone(), len))
+        })
+        .collect();
+    for (record, len) in records {
+        if size + len > MAX_SWIM_PACKET - 8 && !chunk.is_empty() {
+            if let Ok(payload) = postcard::to_allocvec(&chunk) {
+                shared.send(to, Kind::Members, &payload).await;
+            }
+            chunk.clear();
+            size = 0;
+        }
+        chunk.push(record);
+        size += len;
+    }
+    if !chunk.is_empty()
+        && let Ok(payload) = postcard::to_allocvec(&chunk)
+    {
+        shared.send(to, Kind::Members, &payload).await;
     }
 }
 
@@ -789,6 +849,16 @@ async fn receive(shared: Arc<Shared>) {
                 Ok(_) => shared.reject(Rejected::Malformed, from),
                 Err(_) => shared.reject(Rejected::Malformed, from),
             },
+            Kind::MembersRequest if payload.is_empty() => {
+                let _ = shared.actor.try_send(Input::MembersRequest(from));
+            }
+            Kind::MembersRequest => shared.reject(Rejected::Malformed, from),
+            Kind::Members => match postcard::from_bytes::<Vec<foca::Member<NodeId>>>(payload) {
+                Ok(records) if records.len() <= MAX_SWIM_PACKET => {
+                    let _ = shared.actor.try_send(Input::Members(records));
+                }
+                _ => shared.reject(Rejected::Malformed, from),
+            },
             Kind::StateRequest if !payload.is_empty() => shared.reject(Rejected::Malformed, from),
             Kind::StateRequest => {
                 let payload = wire::encode_update(&shared.register.get(), &shared.name());
@@ -810,6 +880,13 @@ async fn anti_entropy(shared: Arc<Shared>, stop: CancellationToken) {
             _ = ticker.tick() => {}
         }
         let members = shared.active_members();
+        // Membership anti-entropy too: SWIM spreads each change a bounded number of times,
+        // and when many nodes join at once a few of those updates miss a node; comparing
+        // notes with one random member each round repairs that within seconds.
+        let peer = members.choose(&mut rand::rng()).map(|m| m.swim);
+        if let Some(peer) = peer {
+            shared.send(peer, Kind::MembersRequest, &[]).await;
+        }
         let version = shared.register.get();
         let picked: Vec<NodeId> = members
             .sample(&mut rand::rng(), shared.fanout)

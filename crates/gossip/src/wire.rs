@@ -1,9 +1,9 @@
 //! What travels over the cluster's UDP socket, and how it is authenticated.
 //!
 //! Every datagram is `MAGIC, kind | flags, payload[, tag]`. The kinds share one socket: SWIM
-//! packets from foca, and the register's own messages (a new version pushed to every
-//! member, a request for the current version from a node that just joined, a member's
-//! announcement that it is leaving). With a cluster key every datagram carries a 16-byte
+//! packets from foca, and the node's own messages (a new version pushed to every member, a
+//! request for the current version or for the whole membership from a node that just
+//! joined, a member's announcement that it is leaving). With a cluster key every datagram carries a 16-byte
 //! HMAC-SHA256 tag over everything before it; a datagram without a valid tag is dropped and
 //! counted, as is anything malformed. Replaying a captured datagram cannot move the register
 //! backwards (versions only go forward) and SWIM ignores stale incarnations; confidentiality
@@ -38,6 +38,10 @@ pub enum Kind {
     Leave = 3,
     /// A member asks for the current version (answered with an `Update`).
     StateRequest = 4,
+    /// A member that just joined asks for the whole membership (answered with `Members`).
+    MembersRequest = 5,
+    /// Part of a membership: postcard-encoded SWIM member records.
+    Members = 6,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
             2 => Some(Self::Update),
             3 => Some(Self::Leave),
             4 => Some(Self::StateRequest),
+            5 => Some(Self::MembersRequest),
+            6 => Some(Self::Members),
             _ => None,
         }
     }
