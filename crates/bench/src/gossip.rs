@@ -37,6 +37,10 @@ pub struct GossipArgs {
     /// Run the cluster with a cluster key (authenticated datagrams and notifies).
     #[arg(long)]
     pub cluster_key: bool,
+    /// Spread sets only by anti-entropy (the current version to --fanout random members
+    /// every 2 s), as the seed does, instead of pushing them to every member at once.
+    #[arg(long)]
+    pub seed_spreading: bool,
 }
 
 /// What `shoal bench gossip` measured.
@@ -46,13 +50,15 @@ pub struct GossipReport {
     pub nodes: usize,
     /// Whether a cluster key was set.
     pub keyed: bool,
+    /// Whether sets spread only by anti-entropy (`--seed-spreading`).
+    pub seed_spreading: bool,
     /// Time until every node saw every other alive, from the first node's start.
     pub formation: Duration,
     /// Per set: time until every node held it, sorted; sets that never converged are absent.
     pub convergence: Vec<Duration>,
     /// Per set and node: time until that node held it, sorted.
     pub delivery: Vec<Duration>,
-    /// Sets that did not reach every node within 10 s.
+    /// Sets that did not reach every node within 30 s.
     pub unconverged: usize,
     /// Per kill: time until every other node reported it dead.
     pub detection: Vec<Duration>,
@@ -90,6 +96,7 @@ pub async fn measure(args: &GossipArgs) -> anyhow::Result<GossipReport> {
         let options = NodeOptions {
             join,
             cluster_key: key.clone(),
+            push_on_set: !args.seed_spreading,
             ..NodeOptions::new()
         };
         nodes.push(Node::start(options, socket, listener).await?);
@@ -97,6 +104,7 @@ pub async fn measure(args: &GossipArgs) -> anyhow::Result<GossipReport> {
     wait_formation(&nodes, Duration::from_secs(120)).await?;
     let formation = started.elapsed();
 
+    shoal_core::client::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -121,13 +129,13 @@ pub async fn measure(args: &GossipArgs) -> anyhow::Result<GossipReport> {
         );
         let waits = feeds.iter_mut().map(|feed| async move {
             let seen =
-                tokio::time::timeout(Duration::from_secs(10), feed.wait_for(|v| v.value == value))
+                tokio::time::timeout(Duration::from_secs(30), feed.wait_for(|v| v.value == value))
                     .await;
             matches!(seen, Ok(Ok(_))).then(|| t0.elapsed())
         });
         let arrivals = futures::future::join_all(waits).await;
         if arrivals.iter().all(Option::is_some) {
-            let times: Vec<Duration> = arrivals.into_iter().flatten().collect();
+            let times: Vec<Duration> = arrivals.iter().flatten().copied().collect();
             convergence.push(times.iter().copied().max().unwrap_or_default());
             delivery.extend(times);
         } else {
@@ -157,6 +165,7 @@ pub async fn measure(args: &GossipArgs) -> anyhow::Result<GossipReport> {
     Ok(GossipReport {
         nodes: args.nodes,
         keyed: args.cluster_key,
+        seed_spreading: args.seed_spreading,
         formation,
         convergence,
         delivery,
@@ -291,9 +300,14 @@ impl fmt::Display for GossipReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "gossip: {} nodes on loopback in one process{}, default settings",
+            "gossip: {} nodes on loopback in one process{}, {}",
             self.nodes,
-            if self.keyed { ", cluster key" } else { "" }
+            if self.keyed { ", cluster key" } else { "" },
+            if self.seed_spreading {
+                "sets spread by anti-entropy only (the seed's way)"
+            } else {
+                "default settings"
+            }
         )?;
         writeln!(
             f,

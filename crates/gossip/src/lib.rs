@@ -22,6 +22,7 @@ pub mod register;
 pub mod wire;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
@@ -42,8 +43,16 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot bind the cluster address {}", resolved.bind))?;
     let listener = shoal_core::server::bind(&config.listen).await?;
-    let advertise = resolved.options.swim_advertise;
-    if resolved.options.cluster_key.is_none()
+    let mut options = resolved.options;
+    // `--advertise IP:0` lets the system pick the port; announce the one it picked.
+    if let Some(advertise) = options.swim_advertise
+        && advertise.port() == 0
+    {
+        let bound = socket.local_addr().context("UDP socket has no address")?;
+        options.swim_advertise = Some(SocketAddr::new(advertise.ip(), bound.port()));
+    }
+    let advertise = options.swim_advertise;
+    if options.cluster_key.is_none()
         && (!resolved.bind.ip().is_loopback() || advertise.is_some_and(|a| !a.ip().is_loopback()))
     {
         tracing::warn!(
@@ -52,7 +61,7 @@ pub async fn run(
              anyone who can reach it can join the cluster and change the value"
         );
     }
-    let node = Node::start(resolved.options, socket, listener).await?;
+    let node = Node::start(options, socket, listener).await?;
     shutdown.await;
     node.leave().await;
     Ok(())

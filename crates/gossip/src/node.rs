@@ -84,6 +84,10 @@ pub struct NodeOptions {
     pub suspect_timeout: Duration,
     /// Source of time for generations (tests substitute their own).
     pub clock: Clock,
+    /// Push a set to every member at once (the default). Off, a set spreads only through
+    /// anti-entropy rounds, as in the seed: `shoal bench gossip --seed-spreading` measures
+    /// the difference.
+    pub push_on_set: bool,
 }
 
 impl NodeOptions {
@@ -104,6 +108,7 @@ impl NodeOptions {
             probe_period: Duration::from_secs(1),
             suspect_timeout: Duration::from_secs(3),
             clock: system_clock(),
+            push_on_set: true,
         }
     }
 }
@@ -129,6 +134,7 @@ impl std::fmt::Debug for NodeOptions {
             .field("token", &self.token)
             .field("probe_period", &self.probe_period)
             .field("suspect_timeout", &self.suspect_timeout)
+            .field("push_on_set", &self.push_on_set)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +216,7 @@ pub(crate) struct Shared {
     client: HttpClient,
     interval: Duration,
     fanout: usize,
+    push_on_set: bool,
 }
 
 impl Shared {
@@ -254,6 +261,9 @@ impl Shared {
 
     /// Sends `version` to every active member, at once.
     pub(crate) async fn push_to_all(&self, version: &Versioned) {
+        if !self.push_on_set {
+            return;
+        }
         let payload = wire::encode_update(version, &self.name());
         for member in self.active_members() {
             self.send(member.swim, Kind::Update, &payload).await;
@@ -270,6 +280,7 @@ impl Shared {
             Ok(Applied::Changed) => {
                 bump(&self.stats.versions_applied);
                 tracing::info!(
+                    node = %self.name(),
                     value = version.value,
                     generation = version.generation,
                     origin = %version.origin,
@@ -407,6 +418,7 @@ impl Node {
             client,
             interval: options.interval,
             fanout: options.fanout,
+            push_on_set: options.push_on_set,
         });
 
         let stop = CancellationToken::new();
