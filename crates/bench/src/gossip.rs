@@ -153,8 +153,11 @@ pub async fn measure(args: &GossipArgs) -> anyhow::Result<GossipReport> {
         let t0 = Instant::now();
         victim.kill().await;
         match wait_dead(&nodes, addr, Duration::from_secs(30)).await {
-            true => detection.push(t0.elapsed()),
-            false => undetected += 1,
+            0 => detection.push(t0.elapsed()),
+            missing => {
+                tracing::warn!(victim = %addr, nodes = missing, "killed node still not reported dead after 30 s");
+                undetected += 1;
+            }
         }
     }
     for node in nodes {
@@ -202,7 +205,9 @@ async fn wait_formation(nodes: &[Node], timeout: Duration) -> anyhow::Result<()>
     }
 }
 
-async fn wait_dead(nodes: &[Node], addr: SocketAddr, timeout: Duration) -> bool {
+/// Waits until every node reports `addr` dead; returns how many still did not at the
+/// deadline.
+async fn wait_dead(nodes: &[Node], addr: SocketAddr, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<&Node> = nodes.iter().collect();
     while Instant::now() < deadline {
@@ -218,12 +223,12 @@ async fn wait_dead(nodes: &[Node], addr: SocketAddr, timeout: Duration) -> bool 
             }
         }
         if still.is_empty() {
-            return true;
+            return 0;
         }
         pending = still;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    false
+    pending.len()
 }
 
 /// A tiny deterministic generator, so runs pick the same nodes.

@@ -747,8 +747,8 @@ async fn request_state(shared: &Shared) {
     }
 }
 
-/// Answers a membership request: every active member's SWIM record, in datagrams that fit
-/// the packet size.
+/// Answers a membership request: every member's SWIM record (alive, suspect or down), in
+/// datagrams that fit the packet size.
 async fn send_membership(
     shared: &Shared,
     foca: &Foca<NodeId, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
@@ -756,8 +756,10 @@ async fn send_membership(
 ) {
     let mut chunk: Vec<foca::Member<NodeId>> = Vec::new();
     let mut size = 0;
+    // Down members too: a node that missed the news of a death would otherwise keep the
+    // dead member alive until it probes it itself, which in a large cluster can take minutes.
     let records: Vec<(foca::Member<NodeId>, usize)> = foca
-        .iter_members()
+        .iter_membership_state()
         .filter(|m| m.id().swim != to)
         .filter_map(|m| {
             let len = postcard::to_allocvec(m).ok()?.len();

@@ -588,3 +588,24 @@ async fn garbage_datagrams_are_counted_and_harmless() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn anti_entropy_alone_reaches_every_member() -> TestResult {
+    // With the immediate push off, only the periodic /notify rounds carry a set: each node
+    // must pick distinct random members every round (the seed's goroutines captured the
+    // loop variable and notified the wrong ones), check the answers, and keep going.
+    let nodes = chain(6, |o| NodeOptions {
+        push_on_set: false,
+        interval: Duration::from_millis(200),
+        ..o
+    })
+    .await;
+    wait_full_membership(&nodes).await;
+    nodes[3].set(31).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_value(&refs, 31, Duration::from_secs(10)).await;
+    for node in nodes {
+        node.leave().await;
+    }
+    Ok(())
+}
