@@ -616,15 +616,16 @@ async fn membership_actor(
                 send_membership(&shared, &foca, from).await;
                 Ok(())
             }
-            Input::Members(records) => {
-                let me = foca.identity().swim;
-                foca.apply_many(
-                    records.into_iter().filter(|m| m.id().swim != me),
-                    // The others already know these members.
-                    false,
-                    &mut runtime,
-                )
-            }
+            Input::Members(records) => foca.apply_many(
+                // Our own record included: if the cluster suspects this node, foca refutes
+                // it; if the cluster declared it down, foca renews the identity and rejoins.
+                // Without this a suspicion whose SWIM updates missed the node could outlive
+                // the timer of the member that raised it and stay unresolved.
+                records.into_iter(),
+                // The others already know these members.
+                false,
+                &mut runtime,
+            ),
             Input::View(reply) => {
                 let _ = reply.send(member_views(&foca, &left));
                 Ok(())
@@ -760,7 +761,6 @@ async fn send_membership(
     // dead member alive until it probes it itself, which in a large cluster can take minutes.
     let records: Vec<(foca::Member<NodeId>, usize)> = foca
         .iter_membership_state()
-        .filter(|m| m.id().swim != to)
         .filter_map(|m| {
             let len = postcard::to_allocvec(m).ok()?.len();
             Some((m.clone(), len))
@@ -798,6 +798,10 @@ fn member_views(
     }];
     for member in foca.iter_membership_state() {
         let id = member.id();
+        if id.swim == me.swim {
+            // A previous life of this node (before a restart or a renewal), kept down by foca.
+            continue;
+        }
         let state = match member.state() {
             foca::State::Alive => MemberState::Alive,
             foca::State::Suspect => MemberState::Suspect,

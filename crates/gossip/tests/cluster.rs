@@ -73,19 +73,37 @@ async fn alive_count(node: &Node) -> usize {
 
 async fn wait_full_membership(nodes: &[Node]) {
     let n = nodes.len();
-    wait_until(
-        "every node sees every other alive",
-        Duration::from_secs(20),
-        || async {
-            for node in nodes {
-                if alive_count(node).await != n {
-                    return false;
-                }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut whole = true;
+        for node in nodes {
+            if alive_count(node).await != n {
+                whole = false;
+                break;
             }
-            true
-        },
-    )
-    .await;
+        }
+        if whole {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut views = String::new();
+            for node in nodes {
+                let states: Vec<String> = node
+                    .members()
+                    .await
+                    .iter()
+                    .map(|m| format!("{}={:?}", m.address.port(), m.state))
+                    .collect();
+                views.push_str(&format!(
+                    "\n  {} sees {}",
+                    node.swim_addr().port(),
+                    states.join(" ")
+                ));
+            }
+            panic!("after 20s not every node sees every other alive:{views}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_value(nodes: &[&Node], value: i64, timeout: Duration) {
@@ -368,9 +386,12 @@ async fn a_partitioned_cluster_converges_after_healing() -> TestResult {
         node.heal();
     }
     // The later write wins everywhere, and membership comes back whole.
+    let healed = Instant::now();
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_value(&refs, 2_000, Duration::from_secs(15)).await;
+    eprintln!("value converged {:?} after healing", healed.elapsed());
     wait_full_membership(&nodes).await;
+    eprintln!("membership whole {:?} after healing", healed.elapsed());
     for node in nodes {
         node.leave().await;
     }
