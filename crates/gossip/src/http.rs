@@ -132,12 +132,7 @@ async fn notify(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !key.verify_notify(value, generation, &origin, signature) {
-            shared
-                .stats
-                .notifies_unauthenticated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!("shoal_gossip_notifies_refused_total", "reason" => "unauthenticated")
-                .increment(1);
+            shared.count_unauthenticated_notify();
             return Err(ApiError::Unauthorized(
                 "this cluster requires notify calls signed with its key (X-Shoal-Signature)".into(),
             ));

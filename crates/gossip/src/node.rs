@@ -205,7 +205,7 @@ fn bump(counter: &AtomicU64) {
 pub(crate) struct Shared {
     pub(crate) register: Register,
     pub(crate) key: Option<ClusterKey>,
-    pub(crate) stats: Stats,
+    stats: Stats,
     socket: Arc<UdpSocket>,
     identity: RwLock<NodeId>,
     /// Active members (alive or suspect) by cluster address, from foca's notifications.
@@ -257,6 +257,19 @@ impl Shared {
         if let Err(err) = self.socket.send_to(&packet, to).await {
             tracing::debug!(%to, error = %err, "cannot send a datagram");
         }
+    }
+
+    /// Sends this node's current version to one member.
+    async fn send_state(&self, to: SocketAddr) {
+        let payload = wire::encode_update(&self.register.get(), &self.name());
+        self.send(to, Kind::Update, &payload).await;
+    }
+
+    /// Counts a `/notify` call refused for a missing or wrong signature.
+    pub(crate) fn count_unauthenticated_notify(&self) {
+        bump(&self.stats.notifies_unauthenticated);
+        metrics::counter!("shoal_gossip_notifies_refused_total", "reason" => "unauthenticated")
+            .increment(1);
     }
 
     /// Sends `version` to every active member, at once.
@@ -681,8 +694,7 @@ async fn flush(
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id.swim, id.clone());
                 // A new member, or one back from a partition: give it our version now.
-                let payload = wire::encode_update(&shared.register.get(), &shared.name());
-                shared.send(id.swim, Kind::Update, &payload).await;
+                shared.send_state(id.swim).await;
             }
             foca::OwnedNotification::MemberDown(id) => {
                 let how = if left.get(&id.swim) == Some(&id.bump) {
@@ -878,10 +890,7 @@ async fn receive(shared: Arc<Shared>) {
                 _ => shared.reject(Rejected::Malformed, from),
             },
             Kind::StateRequest if !payload.is_empty() => shared.reject(Rejected::Malformed, from),
-            Kind::StateRequest => {
-                let payload = wire::encode_update(&shared.register.get(), &shared.name());
-                shared.send(from, Kind::Update, &payload).await;
-            }
+            Kind::StateRequest => shared.send_state(from).await,
         }
     }
 }

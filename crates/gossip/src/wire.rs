@@ -81,11 +81,6 @@ impl Rejected {
             Self::UnexpectedSignature => "unexpected_signature",
         }
     }
-
-    /// Whether the datagram failed authentication (as opposed to being garbage).
-    pub fn is_unauthenticated(self) -> bool {
-        matches!(self, Self::Unsigned | Self::BadSignature)
-    }
 }
 
 /// The shared secret that authenticates a cluster's traffic. Never shown in logs.

@@ -630,3 +630,24 @@ async fn anti_entropy_alone_reaches_every_member() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_acknowledged_set_survives_the_kill_of_the_node_that_took_it() -> TestResult {
+    // The set is pushed to every member before /set answers: once acknowledged, losing the
+    // node that took it (kill -9, no leave, no further anti-entropy from it) loses nothing.
+    let mut nodes = chain(4, |o| o).await;
+    wait_full_membership(&nodes).await;
+    let taker = nodes.remove(1);
+    let response = http()
+        .post(format!("http://{}/set/4711", taker.http_addr()))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    taker.kill().await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_value(&refs, 4711, Duration::from_secs(1)).await;
+    for node in nodes {
+        node.leave().await;
+    }
+    Ok(())
+}
