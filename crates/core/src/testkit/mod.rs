@@ -1,5 +1,6 @@
 //! Start any service on `127.0.0.1:0` in a test and get its base URL and a shutdown handle;
-//! start a throwaway PostgreSQL ([`postgres`]).
+//! start a throwaway PostgreSQL ([`postgres`]), S3-compatible server ([`s3`]) or NATS server
+//! ([`nats`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -14,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod nats;
 pub mod postgres;
 pub mod s3;
 

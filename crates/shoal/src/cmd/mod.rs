@@ -6,6 +6,7 @@ mod gossip;
 mod kv;
 mod master;
 mod multicast;
+mod nats;
 mod storage;
 mod submit;
 mod tasks;
@@ -47,6 +48,9 @@ pub enum Command {
     Gossip(shoal_gossip::Config),
     /// Event fan-out (webhooks): durable, ordered, retried delivery to subscribers.
     Multicast(multicast::Args),
+    /// The NATS messaging patterns on a NATS server: request/reply behind a web frontend,
+    /// master and workers with discovery, typed events.
+    Nats(nats::Args),
     /// Upload images to a running pipeline, wait, and download the results.
     Submit(submit::Args),
     /// Load generators: measure a service's throughput and latency.
@@ -66,6 +70,7 @@ impl Command {
             Self::Frontend(config) => config.common.log_format,
             Self::Gossip(config) => config.log_format,
             Self::Multicast(args) => args.log_format(),
+            Self::Nats(args) => args.log_format(),
             Self::Bench(_) | Self::Submit(_) => LogFormat::Text,
         }
     }
@@ -82,6 +87,7 @@ impl Command {
             Self::Frontend(config) => frontend::run(config).await,
             Self::Gossip(config) => gossip::run(config).await,
             Self::Multicast(args) => multicast::run(args).await,
+            Self::Nats(args) => nats::run(args).await,
             Self::Bench(args) => bench::run(args).await,
             Self::Submit(args) => submit::run(args).await,
         }
