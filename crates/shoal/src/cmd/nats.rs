@@ -87,7 +87,19 @@ async fn finish(metrics: Option<JoinHandle<anyhow::Result<()>>>) {
 /// Runs the program until it is done, or until SIGINT or SIGTERM (then drains).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let stop = server::watch_shutdown(server::shutdown_signal());
-    match args.program {
+    let result = run_program(args.program, stop.clone()).await;
+    match result {
+        // Asked to stop before NATS answered: that is a normal exit, not a failure.
+        Err(err) if stop.is_cancelled() => {
+            tracing::info!(reason = %format!("{err:#}"), "stopped");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn run_program(program: Program, stop: CancellationToken) -> anyhow::Result<()> {
+    match program {
         Program::UserProvider(config) => {
             let users = shoal_nats::providers::load_users(config.users.as_deref())?;
             let metrics = metrics_server(&config.metrics, "nats-user-provider", &stop).await?;

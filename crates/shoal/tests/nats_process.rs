@@ -1,0 +1,352 @@
+//! `shoal nats …` as processes on a real `nats-server`: the master/worker pipeline with
+//! `submit`, the event publisher and subscriber, connection failures retried and reported,
+//! and SIGTERM handled.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_core::testkit::nats::NatsServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+
+macro_rules! nats_or_skip {
+    () => {
+        match NatsServer::start().expect("nats-server") {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
+
+/// A `shoal nats` child process and what it printed so far.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    lines
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("nats")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal nats");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .expect("lines")
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no {needle:?} in the log: {:?}",
+                self.stderr.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address of a `listening` log line (JSON logs).
+    fn listening(&self) -> String {
+        let line = self.wait_log("\"listening\"", Duration::from_secs(20));
+        let event: serde_json::Value = serde_json::from_str(&line).expect("json log");
+        event["address"].as_str().expect("address").to_string()
+    }
+
+    fn count_log(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("lines").clone()
+    }
+
+    /// SIGTERM, then the exit code (within 15 s).
+    fn terminate(mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `shoal nats ARGS` to completion (within `limit`); returns (code, stdout, stderr).
+fn run_to_end(args: &[&str], limit: Duration) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("nats")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = collect(child.stdout.take().expect("stdout"));
+    let stderr = collect(child.stderr.take().expect("stderr"));
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "shoal nats {args:?} did not finish: {:?}",
+                stderr.lock().expect("lines")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let join = |lines: &Arc<Mutex<Vec<String>>>| lines.lock().expect("lines").join("\n");
+    (code, join(&stdout), join(&stderr))
+}
+
+async fn master_status(url: &str) -> serde_json::Value {
+    let client = async_nats::connect(url).await.expect("connect");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request("Work.Status", bytes::Bytes::new()),
+    )
+    .await
+    .expect("status in time")
+    .expect("status");
+    serde_json::from_slice(&reply.payload).expect("json")
+}
+
+#[tokio::test]
+async fn demo_and_submit_through_processes() {
+    let server = nats_or_skip!();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files_dir = dir.path().join("files");
+    let files = Proc::start(&[
+        "file-server",
+        "--nats",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        files_dir.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    let _address = files.listening();
+    let master = Proc::start(&[
+        "master",
+        "--nats",
+        &url,
+        "--demo",
+        "--reset-after",
+        "3s",
+        "--log-format",
+        "json",
+    ]);
+    master.wait_log("demo tasks created", Duration::from_secs(20));
+    let worker = Proc::start(&[
+        "worker",
+        "--nats",
+        &url,
+        "--threads",
+        "2",
+        "--log-format",
+        "json",
+    ]);
+
+    let started = Instant::now();
+    loop {
+        let status = master_status(&url).await;
+        if status["finished"] == 20 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "demo not finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let first = dir.path().join("first.csv");
+    let second = dir.path().join("second.csv");
+    std::fs::write(&first, "b,a,b\n").expect("write");
+    std::fs::write(&second, "x, y,x,x,,\n").expect("write");
+    let (code, stdout, stderr) = run_to_end(
+        &[
+            "submit",
+            "--nats",
+            &url,
+            first.to_str().expect("utf-8"),
+            second.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{} (task 20):\n  a : 1\n  b : 2\n{} (task 21):\n  x : 3\n  y : 1",
+            first.display(),
+            second.display()
+        )
+    );
+    // A file that cannot be read is reported and fails the run; the others still count.
+    let (code, stdout, stderr) = run_to_end(
+        &[
+            "submit",
+            "--nats",
+            &url,
+            "/nonexistent/words.csv",
+            first.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent/words.csv (task -): FAILED: cannot read"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("a : 1"), "{stdout}");
+
+    assert_eq!(worker.terminate(), 0);
+    assert_eq!(master.terminate(), 0);
+    assert_eq!(files.terminate(), 0);
+}
+
+#[tokio::test]
+async fn publisher_and_subscriber_processes() {
+    let server = nats_or_skip!();
+    let url = server.url();
+    // Nobody listening: the requests are reported failed and the run fails.
+    let (code, stdout, stderr) = run_to_end(&["publish", "--nats", &url], Duration::from_secs(30));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("request 5 failed"), "{stderr}");
+    assert!(
+        !stdout.contains("with id 5"),
+        "no empty reply printed: {stdout}"
+    );
+
+    let subscriber = Proc::start(&["subscribe", "--nats", &url, "--log-format", "json"]);
+    subscriber.wait_log("subscribed to", Duration::from_secs(20));
+    let (code, stdout, stderr) = run_to_end(&["publish", "--nats", &url], Duration::from_secs(30));
+    assert_eq!(code, 0, "{stderr}");
+    for id in 5..10 {
+        assert!(
+            stdout.contains(&format!("Responding! with id {id}")),
+            "{stdout}"
+        );
+    }
+    let started = Instant::now();
+    while subscriber.stdout().len() < 15 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            subscriber.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = subscriber.stdout();
+    assert!(
+        lines
+            .contains(&"Got standard message: \"Hello over standard!\" with the Id 0.".to_string())
+    );
+    assert!(lines.contains(
+        &"Got ask for response message: \"Hello, please respond!\" with the Id 9.".to_string()
+    ));
+    assert!(
+        lines.contains(
+            &"Got channel'ed message: \"Hello over channel!\" with the Id 14.".to_string()
+        ),
+        "the last channel message arrives: {lines:?}"
+    );
+    assert_eq!(lines.len(), 15);
+    assert_eq!(subscriber.terminate(), 0);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_retried_with_backoff_and_reported() {
+    let mut server = nats_or_skip!();
+    let url = server.url();
+    server.stop();
+    let worker = Proc::start(&["worker", "--nats", &url, "--log-format", "json"]);
+    worker.wait_log("cannot connect to NATS; retrying", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let attempts = worker.count_log("cannot connect to NATS; retrying");
+    assert!(
+        (2..20).contains(&attempts),
+        "retried with backoff, not a busy loop: {attempts} attempts in ~2 s"
+    );
+    // The server comes up: the worker connects; with no master it backs off for real
+    // (the tutorial's worker logs "waiting 2 seconds" thousands of times a second).
+    server.start_again().expect("restart");
+    worker.wait_log("connected to NATS", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = worker.count_log("task failed; waiting before retrying");
+    assert!(
+        (1..=40).contains(&failures),
+        "{failures} failure lines in ~2 s"
+    );
+    assert!(worker.count_log("no master is running") >= 1);
+    assert_eq!(worker.terminate(), 0);
+
+    // Stopped while still connecting: a clean exit.
+    server.stop();
+    let provider = Proc::start(&["user-provider", "--nats", &url]);
+    provider.wait_log("cannot connect to NATS", Duration::from_secs(10));
+    assert_eq!(provider.terminate(), 0);
+}
