@@ -28,6 +28,18 @@ if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } &
   fi
 fi
 
+# The NATS tests run against Debian's nats-server (with JetStream).
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ] &&
+   [ -z "${SHOAL_TEST_NATS_SERVER:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing nats-server for the NATS tests…"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  else
+    echo "NOTE: nats-server is not installed; the NATS tests will be skipped (they fail under CI=true)." >&2
+  fi
+fi
+
 # The S3 backend's tests run against moto_server (PyPI moto[server]) in its own virtualenv, so
 # nothing is installed into the system Python. It is found there by the test kit.
 MOTO_VENV="${HOME}/.cache/shoal/tools/moto"
