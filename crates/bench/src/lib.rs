@@ -85,6 +85,7 @@ pub mod kv;
 pub mod load;
 pub mod mix;
 pub mod multicast;
+pub mod nats;
 pub mod pipeline;
 pub mod report;
 pub mod storage;
@@ -95,6 +96,7 @@ use std::fmt;
 pub use crate::gossip::{GossipArgs, GossipReport};
 pub use crate::kv::KvArgs;
 pub use crate::multicast::{MulticastArgs, MulticastReport};
+pub use crate::nats::{NatsBenchArgs, NatsBenchReport};
 pub use crate::pipeline::{PipelineArgs, PipelineReport};
 pub use crate::report::Report;
 pub use crate::storage::{StorageArgs, StorageReport};
@@ -130,6 +132,9 @@ pub enum Scenario {
     /// A gossip cluster started in this process: time until a set reaches every node, and
     /// until a killed node is seen dead by every other.
     Gossip(GossipArgs),
+    /// The NATS patterns: request/reply round trips directly and through the frontend, and
+    /// word-count tasks per second with N worker loops (starts a nats-server unless --nats).
+    Nats(NatsBenchArgs),
 }
 
 /// What a scenario measured: its report.
@@ -147,6 +152,8 @@ pub enum Outcome {
     Pipeline(Box<PipelineReport>),
     /// `shoal bench gossip`.
     Gossip(GossipReport),
+    /// `shoal bench nats`.
+    Nats(NatsBenchReport),
 }
 
 impl Outcome {
@@ -161,6 +168,7 @@ impl Outcome {
             Outcome::Storage(report) => report.check(),
             Outcome::Pipeline(report) => report.check(),
             Outcome::Gossip(report) => report.check(),
+            Outcome::Nats(report) => report.check(),
         }
     }
 
@@ -172,7 +180,8 @@ impl Outcome {
             | Outcome::Tasks(_)
             | Outcome::Storage(_)
             | Outcome::Pipeline(_)
-            | Outcome::Gossip(_) => None,
+            | Outcome::Gossip(_)
+            | Outcome::Nats(_) => None,
         }
     }
 
@@ -184,7 +193,8 @@ impl Outcome {
             | Outcome::Tasks(_)
             | Outcome::Storage(_)
             | Outcome::Pipeline(_)
-            | Outcome::Gossip(_) => None,
+            | Outcome::Gossip(_)
+            | Outcome::Nats(_) => None,
         }
     }
 
@@ -196,7 +206,8 @@ impl Outcome {
             | Outcome::Multicast(_)
             | Outcome::Storage(_)
             | Outcome::Pipeline(_)
-            | Outcome::Gossip(_) => None,
+            | Outcome::Gossip(_)
+            | Outcome::Nats(_) => None,
         }
     }
 
@@ -208,7 +219,8 @@ impl Outcome {
             | Outcome::Multicast(_)
             | Outcome::Tasks(_)
             | Outcome::Pipeline(_)
-            | Outcome::Gossip(_) => None,
+            | Outcome::Gossip(_)
+            | Outcome::Nats(_) => None,
         }
     }
 
@@ -220,7 +232,8 @@ impl Outcome {
             | Outcome::Multicast(_)
             | Outcome::Tasks(_)
             | Outcome::Storage(_)
-            | Outcome::Gossip(_) => None,
+            | Outcome::Gossip(_)
+            | Outcome::Nats(_) => None,
         }
     }
 }
@@ -234,6 +247,7 @@ impl fmt::Display for Outcome {
             Outcome::Storage(report) => report.fmt(f),
             Outcome::Pipeline(report) => report.fmt(f),
             Outcome::Gossip(report) => report.fmt(f),
+            Outcome::Nats(report) => report.fmt(f),
         }
     }
 }
@@ -259,5 +273,6 @@ pub async fn measure(args: &Args) -> anyhow::Result<Outcome> {
             .await
             .map(|report| Outcome::Pipeline(Box::new(report))),
         Scenario::Gossip(gossip) => gossip::measure(gossip).await.map(Outcome::Gossip),
+        Scenario::Nats(nats) => nats::measure(nats).await.map(Outcome::Nats),
     }
 }
