@@ -2,6 +2,8 @@
 //!
 //! Three measurements, each for `--duration` with `--concurrency` callers (tasks: until all
 //! are done), everything but the NATS server in this process:
+//! - **echo**: the floor, request/reply round trips against a bare subscriber that returns
+//!   the payload (what NATS itself costs on this machine);
 //! - **direct**: `UserNameById` request/reply round trips against one user provider;
 //! - **frontend**: `GET /{id}` through the HTTP frontend, each page two concurrent NATS
 //!   requests (user provider and time teller);
@@ -96,6 +98,8 @@ impl TaskRun {
 pub struct NatsBenchReport {
     /// Concurrent callers.
     pub concurrency: usize,
+    /// Request/reply against a bare echo subscriber (the baseline).
+    pub echo: RoundTrips,
     /// Request/reply on the subject.
     pub direct: RoundTrips,
     /// Pages through the frontend.
@@ -109,6 +113,7 @@ pub struct NatsBenchReport {
 impl NatsBenchReport {
     /// Fails when a measurement had no success at all or tasks were left unfinished.
     pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.echo.ok > 0, "no echo request/reply succeeded");
         anyhow::ensure!(self.direct.ok > 0, "no direct request/reply succeeded");
         anyhow::ensure!(self.frontend.ok > 0, "no frontend page succeeded");
         for run in &self.tasks {
@@ -135,6 +140,7 @@ impl fmt::Display for NatsBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "nats: {} concurrent callers", self.concurrency)?;
         for (name, r) in [
+            ("baseline: bare echo request/reply", &self.echo),
             ("direct request/reply (UserNameById)", &self.direct),
             ("frontend GET /{id} (2 requests per page)", &self.frontend),
         ] {
@@ -148,6 +154,13 @@ impl fmt::Display for NatsBenchReport {
                 r.failed
             )?;
         }
+        let ratio = |a: &RoundTrips, b: &RoundTrips| a.per_second() / b.per_second().max(1e-9);
+        writeln!(
+            f,
+            "  ratios: direct/echo {:.2}  frontend pages/direct {:.2}",
+            ratio(&self.direct, &self.echo),
+            ratio(&self.frontend, &self.direct)
+        )?;
         for run in &self.tasks {
             writeln!(
                 f,
@@ -240,6 +253,41 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
     };
     let mut stops = Vec::new();
 
+    // The floor: a bare subscriber echoing the payload.
+    let echo_client = connect().await?;
+    let mut echo_sub = echo_client.subscribe("shoal.bench.echo").await?;
+    let echo_task = tokio::spawn({
+        let client = echo_client.clone();
+        async move {
+            use futures::StreamExt as _;
+            while let Some(message) = echo_sub.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = client.publish(reply, message.payload).await;
+                }
+            }
+        }
+    });
+    echo_client.flush().await?;
+    let caller = connect().await?;
+    let echo = {
+        let caller = caller.clone();
+        hammer(args.concurrency, args.duration, move |_| {
+            let caller = caller.clone();
+            async move {
+                matches!(
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        caller.request("shoal.bench.echo", Bytes::from_static(b"\x0a\x011"))
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        })
+        .await
+    };
+    echo_task.abort();
+
     // Direct request/reply.
     stops.push(spawn_until({
         let client = connect().await?;
@@ -249,7 +297,6 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
         let client = connect().await?;
         |stop| providers::serve_time(client, stop)
     }));
-    let caller = connect().await?;
     wait_for_users(&caller).await?;
     let direct = {
         let caller = caller.clone();
@@ -379,6 +426,7 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
     }
     Ok(NatsBenchReport {
         concurrency: args.concurrency,
+        echo,
         direct,
         frontend,
         tasks,

@@ -2,6 +2,7 @@
 //! `submit`, the event publisher and subscriber, connection failures retried and reported,
 //! and SIGTERM handled.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -349,4 +350,99 @@ async fn unreachable_server_is_retried_with_backoff_and_reported() {
     let provider = Proc::start(&["user-provider", "--nats", &url]);
     provider.wait_log("cannot connect to NATS", Duration::from_secs(10));
     assert_eq!(provider.terminate(), 0);
+}
+
+#[tokio::test]
+async fn durable_master_killed_keeps_every_acknowledged_task() {
+    let server = nats_or_skip!();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files_dir = dir.path().join("files");
+    let files = Proc::start(&[
+        "file-server",
+        "--nats",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        files_dir.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    files.listening();
+    let durable = [
+        "master",
+        "--nats",
+        &url,
+        "--durable",
+        "--reset-after",
+        "2s",
+        "--log-format",
+        "json",
+    ];
+    let mut master = Proc::start(&durable);
+    master.wait_log("master ready", Duration::from_secs(20));
+
+    let mut inputs = Vec::new();
+    let mut expected = String::new();
+    for n in 0..12 {
+        let path = dir.path().join(format!("in-{n:02}.csv"));
+        let words: Vec<String> = (0..=n).map(|i| format!("w{}", i % 3)).collect();
+        std::fs::write(&path, words.join(",")).expect("write");
+        inputs.push(path);
+    }
+    let mut args: Vec<&str> = vec!["submit", "--nats", &url, "--timeout", "60s"];
+    args.extend(inputs.iter().map(|p| p.to_str().expect("utf-8")));
+    let submit = Proc::start(&args);
+
+    // Every task acknowledged by the master, then the master dies without a goodbye.
+    let started = Instant::now();
+    while master.count_log("task created") < inputs.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "tasks not created"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    master.child.kill().expect("kill -9");
+    let _ = master.child.wait();
+    master = Proc::start(&durable);
+    master.wait_log("master ready", Duration::from_secs(20));
+    let worker = Proc::start(&["worker", "--nats", &url, "--threads", "2"]);
+
+    let started = Instant::now();
+    let mut submit = submit;
+    let code = loop {
+        if let Some(status) = submit.child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "submit did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(code, 0, "{:?}", submit.stderr.lock().expect("lines"));
+    let out = submit.stdout().join("\n");
+    for (n, path) in inputs.iter().enumerate() {
+        let mut counts = [0; 3];
+        for i in 0..=n {
+            counts[i % 3] += 1;
+        }
+        write!(expected, "{} (task {}):", path.display(), n + 1).expect("fmt");
+        for (word, count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            write!(expected, "\n  w{word} : {count}").expect("fmt");
+        }
+        if n + 1 < inputs.len() {
+            expected.push('\n');
+        }
+    }
+    assert_eq!(out, expected);
+    let status = master_status(&url).await;
+    assert_eq!(status["mode"], "durable");
+    assert_eq!(status["unfinished"], 0, "{status}");
+    assert_eq!(worker.terminate(), 0);
+    assert_eq!(master.terminate(), 0);
+    assert_eq!(files.terminate(), 0);
 }
