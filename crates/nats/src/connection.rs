@@ -128,6 +128,31 @@ pub async fn request<M: prost::Message>(
     }
 }
 
+/// Waits until the server has processed everything this client sent so far — in particular
+/// its subscriptions, so a message published by anyone after this returns reaches them.
+/// (`Client::flush` only empties the client's write buffer.) It makes a request to a subject
+/// nobody serves; the server's "no responders" answer is the acknowledgement.
+pub async fn sync(client: &Client) -> anyhow::Result<()> {
+    let subject = format!("_SHOAL.sync.{}", uuid::Uuid::new_v4().simple());
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, Bytes::new()),
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(_) => bail!("the NATS server did not answer within 10 s"),
+    }
+}
+
+/// [`sync`] for responders: a server that does not answer in time is logged, not fatal (the
+/// subscriptions are made; the client restores them when it reconnects).
+pub async fn settle(client: &Client) {
+    if let Err(err) = sync(client).await {
+        tracing::warn!(error = %err, "subscriptions not confirmed by the server yet");
+    }
+}
+
 /// Decodes a reply's payload, naming the subject on failure.
 pub fn decode<M: prost::Message + Default>(message: &Message) -> anyhow::Result<M> {
     M::decode(message.payload.clone())

@@ -109,7 +109,7 @@ impl PublishReport {
 }
 
 /// The tutorial's publisher: `count` messages of each form, ids counting up from 0.
-/// Returns once everything is flushed to the server.
+/// Returns once the server has processed everything sent.
 pub async fn publish(
     client: &Client,
     count: u32,
@@ -154,8 +154,9 @@ pub async fn publish(
     report.channel = forwarder
         .await
         .context("the channel's publisher failed")??;
-    client
-        .flush()
+    // Not just written to the socket: processed by the server, so nothing sent is lost when
+    // the process exits right after.
+    connection::sync(client)
         .await
         .context("cannot flush to the NATS server")?;
     Ok(report)
@@ -206,12 +207,12 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Subscribes to the three subjects and waits for the server to have them.
+    /// Subscribes to the three subjects and waits until the server has them.
     pub async fn start(client: &Client) -> anyhow::Result<Self> {
         let standard = client.subscribe(TEXT_STANDARD).await.context("subscribe")?;
         let respond = client.subscribe(TEXT_RESPOND).await.context("subscribe")?;
         let channel = client.subscribe(TEXT_CHANNEL).await.context("subscribe")?;
-        client.flush().await.context("flush")?;
+        connection::sync(client).await?;
         Ok(Self {
             client: client.clone(),
             standard,

@@ -244,6 +244,7 @@ pub async fn serve_discovery(
         .subscribe(DISCOVERY_FILE_SERVER)
         .await
         .context("cannot subscribe to Discovery.FileServer")?;
+    connection::settle(&client).await;
     tracing::info!(
         subject = DISCOVERY_FILE_SERVER,
         address,

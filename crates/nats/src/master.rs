@@ -610,6 +610,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
     let finished = subscribe(TASK_FINISHED).await?;
     let new = subscribe(NEW_TASK).await?;
     let status = subscribe(STATUS).await?;
+    connection::settle(&client).await;
     tracing::info!(durable = master.durable_mode(), "master ready");
 
     let serve_todo = connection::serve(todo, stop.clone(), |message| {

@@ -87,6 +87,7 @@ pub async fn serve_users(
         .queue_subscribe(USER_NAME_BY_ID, USER_PROVIDERS.to_string())
         .await
         .context("cannot subscribe to UserNameById")?;
+    connection::settle(&client).await;
     tracing::info!(
         subject = USER_NAME_BY_ID,
         group = USER_PROVIDERS,
@@ -124,6 +125,7 @@ pub async fn serve_time(client: Client, stop: CancellationToken) -> anyhow::Resu
         .queue_subscribe(TIME_TELLER, TIME_TELLERS.to_string())
         .await
         .context("cannot subscribe to TimeTeller")?;
+    connection::settle(&client).await;
     tracing::info!(
         subject = TIME_TELLER,
         group = TIME_TELLERS,

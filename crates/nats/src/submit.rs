@@ -55,7 +55,7 @@ pub async fn submit(
         .subscribe(TASK_FINISHED)
         .await
         .context("cannot subscribe to Work.TaskFinished")?;
-    client.flush().await.context("flush")?;
+    connection::sync(client).await?;
     let server = crate::fileserver::discover(client, Duration::from_secs(2)).await?;
     let mut outcomes: Vec<Submitted> = Vec::new();
     let mut waiting: HashMap<String, usize> = HashMap::new();

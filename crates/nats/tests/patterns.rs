@@ -271,7 +271,7 @@ async fn frontend_degrades_within_its_timeout() {
         .queue_subscribe(TIME_TELLER, TIME_TELLERS.to_string())
         .await
         .unwrap();
-    silent.flush().await.unwrap();
+    shoal_nats::connection::sync(&silent).await.unwrap();
     for _ in 0..3 {
         let started = Instant::now();
         let json: serde_json::Value = get_json(&http, front.url("/4")).await;
