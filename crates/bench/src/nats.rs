@@ -11,7 +11,8 @@
 //!   the file server and `N` worker loops, for each `N` in `--workers`: tasks per second from
 //!   the first worker start to the last finish.
 //!
-//! With no `--nats`, a `nats-server` is started on a free loopback port.
+//! With `--durable`, the tasks go through the JetStream-backed master instead (a fresh stream
+//! per worker count). With no `--nats`, a `nats-server` is started on a free loopback port.
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,6 +43,9 @@ pub struct NatsBenchArgs {
     /// Word-count tasks per worker setting.
     #[arg(long, default_value_t = 2000)]
     pub tasks: usize,
+    /// Run the task measurement with the JetStream-backed master (`master --durable`).
+    #[arg(long)]
+    pub durable: bool,
     /// Worker loop counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub workers: Vec<u16>,
@@ -108,6 +112,8 @@ pub struct NatsBenchReport {
     pub tasks: Vec<TaskRun>,
     /// Tasks asked for per run.
     pub tasks_asked: usize,
+    /// Whether the master was the JetStream-backed one.
+    pub durable: bool,
 }
 
 impl NatsBenchReport {
@@ -164,7 +170,8 @@ impl fmt::Display for NatsBenchReport {
         for run in &self.tasks {
             writeln!(
                 f,
-                "  word-count tasks, {} worker loops: {:.0} tasks/s  ({} tasks in {:.2} s)",
+                "  word-count tasks ({} master), {} worker loops: {:.0} tasks/s  ({} tasks in {:.2} s)",
+                if self.durable { "durable" } else { "in-memory" },
                 run.workers,
                 run.per_second(),
                 run.finished,
@@ -375,7 +382,12 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
     let mut tasks = Vec::new();
     for &workers in &args.workers {
         anyhow::ensure!(workers > 0, "--workers values must be at least 1");
-        let master = Master::memory(Duration::from_secs(120));
+        let master = if args.durable {
+            let stream = format!("SHOAL_BENCH_{}_{workers}", std::process::id());
+            Master::durable(&connect().await?, &stream, Duration::from_secs(120)).await?
+        } else {
+            Master::memory(Duration::from_secs(120))
+        };
         for _ in 0..args.tasks {
             let uuid = uuid_like();
             worker::upload(
@@ -403,7 +415,7 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
         let deadline = started + Duration::from_secs(600);
         let finished = loop {
             let status = master.status().await;
-            let finished = status["finished"].as_u64().unwrap_or(0) as usize;
+            let finished = status["counters"]["finished"].as_u64().unwrap_or(0) as usize;
             if finished >= args.tasks || Instant::now() > deadline {
                 break finished;
             }
@@ -431,6 +443,7 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
         frontend,
         tasks,
         tasks_asked: args.tasks,
+        durable: args.durable,
     })
 }
 
