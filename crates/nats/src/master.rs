@@ -590,6 +590,18 @@ impl Master {
     }
 }
 
+/// Answers a request with an empty `Task` and the reason in the `Shoal-Error` header.
+async fn reply_refusal(client: &Client, message: &async_nats::Message, err: &anyhow::Error) {
+    let text = format!("{err:#}");
+    connection::reply(
+        client,
+        message,
+        &Task::default(),
+        Some(connection::header(ERROR, &text)),
+    )
+    .await;
+}
+
 /// Serves the master's subjects on `client` until `stop`, then drains.
 pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> anyhow::Result<()> {
     // Durable masters share the work in a queue group; an in-memory master must see every
@@ -634,14 +646,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot hand out a task");
-                        let text = format!("{err:#}");
-                        connection::reply(
-                            &client,
-                            &message,
-                            &Task::default(),
-                            Some(connection::header(ERROR, &text)),
-                        )
-                        .await;
+                        reply_refusal(&client, &message, &err).await;
                     }
                 }
             });
@@ -674,16 +679,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
                         tracing::info!(id = task.id, uuid = %task.uuid, "task created");
                         connection::reply(&client, &message, &task, None).await;
                     }
-                    Err(err) => {
-                        let text = format!("{err:#}");
-                        connection::reply(
-                            &client,
-                            &message,
-                            &Task::default(),
-                            Some(connection::header(ERROR, &text)),
-                        )
-                        .await;
-                    }
+                    Err(err) => reply_refusal(&client, &message, &err).await,
                 }
             });
         }

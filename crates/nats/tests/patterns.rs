@@ -86,6 +86,17 @@ async fn wait_for_responder(client: &Client, subject: &'static str, payload: Byt
     }
 }
 
+/// A `UserNameById` request payload for `id`.
+fn user_request(id: &str) -> Bytes {
+    Bytes::from(
+        User {
+            id: id.into(),
+            name: String::new(),
+        }
+        .encode_to_vec(),
+    )
+}
+
 async fn start_frontend(server: &NatsServer, timeout: Duration) -> TestServer {
     let client = connect(server).await;
     TestServer::start(move |listener, shutdown| async move {
@@ -172,18 +183,7 @@ async fn frontend_answers_names_and_time() {
     let _users = start_users(connect(&server).await, providers::seed_users());
     let _time = start_time(connect(&server).await);
     let probe = connect(&server).await;
-    wait_for_responder(
-        &probe,
-        USER_NAME_BY_ID,
-        Bytes::from(
-            User {
-                id: "1".into(),
-                name: String::new(),
-            }
-            .encode_to_vec(),
-        ),
-    )
-    .await;
+    wait_for_responder(&probe, USER_NAME_BY_ID, user_request("1")).await;
     wait_for_responder(&probe, TIME_TELLER, Bytes::new()).await;
     let front = start_frontend(&server, Duration::from_millis(500)).await;
     let http = http();
@@ -238,18 +238,7 @@ async fn frontend_degrades_within_its_timeout() {
     let server = nats_or_skip!();
     let users = start_users(connect(&server).await, providers::seed_users());
     let probe = connect(&server).await;
-    wait_for_responder(
-        &probe,
-        USER_NAME_BY_ID,
-        Bytes::from(
-            User {
-                id: "1".into(),
-                name: String::new(),
-            }
-            .encode_to_vec(),
-        ),
-    )
-    .await;
+    wait_for_responder(&probe, USER_NAME_BY_ID, user_request("1")).await;
     let timeout = Duration::from_millis(300);
     let front = start_frontend(&server, timeout).await;
     let http = http();
@@ -343,18 +332,7 @@ async fn queue_group_shares_requests_and_answers_each_once() {
             started.elapsed() < Duration::from_secs(10),
             "providers: {seen:?}"
         );
-        let reply = client
-            .request(
-                USER_NAME_BY_ID,
-                Bytes::from(
-                    User {
-                        id: "1".into(),
-                        name: String::new(),
-                    }
-                    .encode_to_vec(),
-                ),
-            )
-            .await;
+        let reply = client.request(USER_NAME_BY_ID, user_request("1")).await;
         if let Ok(reply) = reply {
             seen.insert(User::decode(reply.payload).unwrap().name);
         }

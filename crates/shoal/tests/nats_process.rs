@@ -159,6 +159,23 @@ fn run_to_end(args: &[&str], limit: Duration) -> (i32, String, String) {
     (code, join(&stdout), join(&stderr))
 }
 
+/// `shoal nats file-server` on a free port, serving `dir`, once it listens.
+fn file_server(url: &str, dir: &std::path::Path) -> Proc {
+    let files = Proc::start(&[
+        "file-server",
+        "--nats",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    files.listening();
+    files
+}
+
 async fn master_status(url: &str) -> serde_json::Value {
     let client = async_nats::connect(url).await.expect("connect");
     let reply = tokio::time::timeout(
@@ -177,18 +194,7 @@ async fn demo_and_submit_through_processes() {
     let url = server.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let files_dir = dir.path().join("files");
-    let files = Proc::start(&[
-        "file-server",
-        "--nats",
-        &url,
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        files_dir.to_str().expect("utf-8"),
-        "--log-format",
-        "json",
-    ]);
-    let _address = files.listening();
+    let files = file_server(&url, &files_dir);
     let master = Proc::start(&[
         "master",
         "--nats",
@@ -358,18 +364,7 @@ async fn durable_master_killed_keeps_every_acknowledged_task() {
     let url = server.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let files_dir = dir.path().join("files");
-    let files = Proc::start(&[
-        "file-server",
-        "--nats",
-        &url,
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        files_dir.to_str().expect("utf-8"),
-        "--log-format",
-        "json",
-    ]);
-    files.listening();
+    let files = file_server(&url, &files_dir);
     let durable = [
         "master",
         "--nats",
