@@ -153,6 +153,27 @@ pub async fn settle(client: &Client) {
     }
 }
 
+/// Ends a program's connection: flushes what it published, drains its subscriptions (messages
+/// already received are still handled) and waits for the drain to finish — all bounded to 5 s,
+/// and skipped when the server is unreachable (a flush would otherwise wait for a reconnection
+/// that may never come, and a SIGTERM must not hang).
+pub async fn close(client: &Client) {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = client.flush().await;
+        if client.drain().await.is_err() {
+            return;
+        }
+        // The connection's task ends once the drain is done; from then on commands fail.
+        while client.flush().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// Decodes a reply's payload, naming the subject on failure.
 pub fn decode<M: prost::Message + Default>(message: &Message) -> anyhow::Result<M> {
     M::decode(message.payload.clone())

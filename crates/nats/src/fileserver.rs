@@ -282,7 +282,7 @@ pub async fn run(
         tokio::spawn(async move {
             let client = connection::connect(&nats, "shoal-nats-file-server", &stop).await?;
             serve_discovery(client.clone(), address, stop).await?;
-            let _ = client.drain().await;
+            connection::close(&client).await;
             anyhow::Ok(())
         })
     };

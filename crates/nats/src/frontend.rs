@@ -124,7 +124,7 @@ pub async fn run(
     stop.cancel();
     connecting.abort();
     if let Some(client) = client.get() {
-        let _ = client.drain().await;
+        connection::close(client).await;
     }
     result
 }

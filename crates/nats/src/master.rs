@@ -772,6 +772,6 @@ pub async fn run(config: MasterConfig, stop: CancellationToken) -> anyhow::Resul
     if let Some(demo) = demo {
         demo.abort();
     }
-    let _ = client.flush().await;
+    connection::close(&client).await;
     result
 }

@@ -297,8 +297,9 @@ pub async fn work(
     for handle in loops {
         let _ = handle.await;
     }
-    // Finishes published by the last turns reach the server before the process exits.
-    let _ = client.flush().await;
+    // Finishes published by the last turns reach the server before the process exits
+    // (bounded: with the server gone a flush would wait for a reconnection).
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     Ok(())
 }
 
@@ -306,7 +307,7 @@ pub async fn work(
 pub async fn run(config: WorkerConfig, stop: CancellationToken) -> anyhow::Result<()> {
     let client = connection::connect(&config.nats, "shoal-nats-worker", &stop).await?;
     work(client.clone(), config.threads, config.timeout, stop).await?;
-    let _ = client.drain().await;
+    connection::close(&client).await;
     Ok(())
 }
 

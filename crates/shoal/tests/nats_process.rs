@@ -349,10 +349,23 @@ async fn unreachable_server_is_retried_with_backoff_and_reported() {
         "{failures} failure lines in ~2 s"
     );
     assert!(worker.count_log("no master is running") >= 1);
+    let master = Proc::start(&["master", "--nats", &url]);
+    master.wait_log("master ready", Duration::from_secs(15));
+
+    // The server goes away: SIGTERM still ends both promptly (nothing waits for a
+    // reconnection that may never come).
+    server.stop();
+    worker.wait_log("NATS connection lost", Duration::from_secs(10));
+    let started = Instant::now();
     assert_eq!(worker.terminate(), 0);
+    assert_eq!(master.terminate(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 
     // Stopped while still connecting: a clean exit.
-    server.stop();
     let provider = Proc::start(&["user-provider", "--nats", &url]);
     provider.wait_log("cannot connect to NATS", Duration::from_secs(10));
     assert_eq!(provider.terminate(), 0);

@@ -38,6 +38,8 @@ pub enum Program {
     Worker(WorkerConfig),
     /// Upload comma-separated files as tasks, wait, and print each file's word counts.
     Submit(SubmitConfig),
+    /// Print the master's state (`Work.Status`) as JSON.
+    Status(StatusArgs),
     /// Send the tutorial's events: 5 published, 5 requests, 5 through a channel.
     Publish(PublishConfig),
     /// Print the tutorial's events as they arrive and answer the requests.
@@ -55,9 +57,17 @@ impl Args {
             Program::Master(c) => c.log_format,
             Program::Worker(c) => c.log_format,
             Program::Subscribe(c) => c.log_format,
-            Program::Submit(_) | Program::Publish(_) => LogFormat::Text,
+            Program::Submit(_) | Program::Publish(_) | Program::Status(_) => LogFormat::Text,
         }
     }
+}
+
+/// `shoal nats status` flags.
+#[derive(ClapArgs, Debug)]
+pub struct StatusArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: shoal_nats::NatsArgs,
 }
 
 /// Serves `/healthz` and `/metrics` on `--metrics-listen`, if given, until `stop`.
@@ -106,7 +116,7 @@ async fn run_program(program: Program, stop: CancellationToken) -> anyhow::Resul
             let client =
                 shoal_nats::connect(&config.nats, "shoal-nats-user-provider", &stop).await?;
             shoal_nats::providers::serve_users(client.clone(), users, stop.clone()).await?;
-            let _ = client.drain().await;
+            shoal_nats::connection::close(&client).await;
             stop.cancel();
             finish(metrics).await;
             Ok(())
@@ -115,7 +125,7 @@ async fn run_program(program: Program, stop: CancellationToken) -> anyhow::Resul
             let metrics = metrics_server(&config.metrics, "nats-time-teller", &stop).await?;
             let client = shoal_nats::connect(&config.nats, "shoal-nats-time-teller", &stop).await?;
             shoal_nats::providers::serve_time(client.clone(), stop.clone()).await?;
-            let _ = client.drain().await;
+            shoal_nats::connection::close(&client).await;
             stop.cancel();
             finish(metrics).await;
             Ok(())
@@ -144,6 +154,7 @@ async fn run_program(program: Program, stop: CancellationToken) -> anyhow::Resul
             result
         }
         Program::Submit(config) => submit(config, stop).await,
+        Program::Status(args) => status(args, stop).await,
         Program::Publish(config) => publish(config, stop).await,
         Program::Subscribe(config) => subscribe(config, stop).await,
     }
@@ -173,7 +184,7 @@ async fn submit(config: SubmitConfig, stop: CancellationToken) -> anyhow::Result
             }
         }
     }
-    let _ = client.drain().await;
+    shoal_nats::connection::close(&client).await;
     if failed > 0 {
         anyhow::bail!("{failed} of {} files failed", outcomes.len());
     }
@@ -194,7 +205,7 @@ async fn publish(config: PublishConfig, stop: CancellationToken) -> anyhow::Resu
             Err(reason) => eprintln!("request {id} failed: {reason}"),
         }
     }
-    let _ = client.drain().await;
+    shoal_nats::connection::close(&client).await;
     let failed = report.failed_requests();
     if failed > 0 {
         anyhow::bail!("{failed} of {} requests got no reply", report.replies.len());
@@ -212,6 +223,19 @@ async fn subscribe(config: SubscribeConfig, stop: CancellationToken) -> anyhow::
         println!("{received}");
     }
     let _ = running.await;
-    let _ = client.drain().await;
+    shoal_nats::connection::close(&client).await;
+    Ok(())
+}
+
+async fn status(args: StatusArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    let client = shoal_nats::connect(&args.nats, "shoal-nats-status", &stop).await?;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.request(shoal_nats::subjects::STATUS, bytes::Bytes::new()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no master answered Work.Status within 5 s"))?
+    .map_err(|err| anyhow::anyhow!("no master answered Work.Status: {err}"))?;
+    println!("{}", String::from_utf8_lossy(&reply.payload));
     Ok(())
 }
