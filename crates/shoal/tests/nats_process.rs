@@ -1,6 +1,6 @@
 //! `shoal nats …` as processes on a real `nats-server`: the master/worker pipeline with
-//! `submit`, the event publisher and subscriber, connection failures retried and reported,
-//! and SIGTERM handled.
+//! `submit`, a worker killed (-9) mid-task, a durable master killed, the event publisher and
+//! subscriber, connection failures retried and reported, and SIGTERM handled.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -453,4 +453,119 @@ async fn durable_master_killed_keeps_every_acknowledged_task() {
     assert_eq!(worker.terminate(), 0);
     assert_eq!(master.terminate(), 0);
     assert_eq!(files.terminate(), 0);
+}
+
+/// A file server the test controls: `GET` of `held` blocks until released; everything else is
+/// served from memory. Returns its base URL.
+async fn controlled_file_server(
+    files: Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    held: String,
+    release: tokio::sync::watch::Receiver<bool>,
+    asked: tokio::sync::mpsc::UnboundedSender<()>,
+) -> String {
+    use axum::extract::{Path, State};
+    type Shared = (
+        Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+        String,
+        tokio::sync::watch::Receiver<bool>,
+        tokio::sync::mpsc::UnboundedSender<()>,
+    );
+    async fn get(
+        State((files, held, mut release, asked)): State<Shared>,
+        Path(name): Path<String>,
+    ) -> Result<Vec<u8>, axum::http::StatusCode> {
+        if name == held && !*release.borrow() {
+            let _ = asked.send(());
+            let _ = release.wait_for(|released| *released).await;
+        }
+        files
+            .lock()
+            .expect("files")
+            .get(&name)
+            .cloned()
+            .ok_or(axum::http::StatusCode::NOT_FOUND)
+    }
+    async fn post(
+        State((files, ..)): State<Shared>,
+        Path(name): Path<String>,
+        body: axum::body::Bytes,
+    ) {
+        files.lock().expect("files").insert(name, body.to_vec());
+    }
+    let router = axum::Router::new()
+        .route("/{name}", axum::routing::get(get).post(post))
+        .with_state((files, held, release, asked));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_task_its_task_is_reset_and_done_by_another() {
+    let server = nats_or_skip!();
+    let url = server.url();
+    let files = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    files
+        .lock()
+        .expect("files")
+        .insert("input-1".to_string(), b"a,b,a".to_vec());
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (asked_tx, mut asked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let base = controlled_file_server(files.clone(), "input-1".into(), release_rx, asked_tx).await;
+
+    let client = async_nats::connect(url.as_str()).await.expect("connect");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(shoal_nats::fileserver::serve_discovery(
+        client.clone(),
+        base,
+        stop.clone(),
+    ));
+    let master = shoal_nats::master::Master::memory(Duration::from_secs(1));
+    assert_eq!(master.add("input-1").await.expect("add"), 0);
+    tokio::spawn(shoal_nats::master::serve(
+        client.clone(),
+        master.clone(),
+        stop.clone(),
+    ));
+
+    // The first worker takes the task and is killed (-9) while it fetches the file.
+    let mut first = Proc::start(&["worker", "--nats", &url, "--threads", "1"]);
+    tokio::time::timeout(Duration::from_secs(20), asked_rx.recv())
+        .await
+        .expect("the worker fetches its task's file")
+        .expect("asked");
+    assert_eq!(master.status().await["in_progress"], 1);
+    first.child.kill().expect("kill -9");
+    let _ = first.child.wait();
+    release_tx.send(true).expect("release");
+
+    // Another worker gets it once it is reset, and finishes it.
+    let second = Proc::start(&["worker", "--nats", &url, "--threads", "1"]);
+    let started = Instant::now();
+    let status = loop {
+        let status = master.status().await;
+        if status["finished"] == 1 {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["counters"]["resets"], 1);
+    assert_eq!(status["counters"]["handed_out"], 2);
+    let result = status["tasks"][0]["finisheduuid"]
+        .as_str()
+        .expect("result name")
+        .to_string();
+    assert_eq!(
+        files.lock().expect("files").get(&result).map(Vec::as_slice),
+        Some(&b"a : 2\nb : 1\n"[..])
+    );
+    assert_eq!(second.terminate(), 0);
+    stop.cancel();
 }
