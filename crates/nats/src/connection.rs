@@ -229,6 +229,7 @@ pub fn header_value(message: &Message, name: &str) -> Option<String> {
 /// cancelled the subscription is drained (messages already delivered are still handled) and
 /// the loop ends with the stream.
 pub async fn serve<F, Fut>(
+    client: &Client,
     mut subscriber: async_nats::Subscriber,
     stop: CancellationToken,
     mut handle: F,
@@ -240,8 +241,15 @@ pub async fn serve<F, Fut>(
     let mut draining = false;
     loop {
         let next = if draining {
-            // Bounded: a server that went away must not hold the process open.
-            tokio::time::timeout(Duration::from_secs(5), subscriber.next())
+            // Bounded: a server that went away must not hold the process open. Without a
+            // connection the drain cannot complete, so only what was already received is
+            // handled.
+            let wait = if client.connection_state() == async_nats::connection::State::Connected {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::time::timeout(wait, subscriber.next())
                 .await
                 .ok()
                 .flatten()

@@ -256,7 +256,7 @@ impl Subscriptions {
         };
         // The channel form: a subject feeding a Rust channel, read by its own loop.
         let (channel_tx, mut channel_rx) = mpsc::channel::<TextMessage>(64);
-        let feed = connection::serve(channel, stop.clone(), move |message| {
+        let feed = connection::serve(&client, channel, stop.clone(), move |message| {
             let channel_tx = channel_tx.clone();
             async move {
                 match connection::decode::<TextMessage>(&message) {
@@ -281,8 +281,8 @@ impl Subscriptions {
             }
         };
         tokio::join!(
-            connection::serve(standard, stop.clone(), on(Form::Standard)),
-            connection::serve(respond, stop.clone(), on(Form::Respond)),
+            connection::serve(&client, standard, stop.clone(), on(Form::Standard)),
+            connection::serve(&client, respond, stop.clone(), on(Form::Respond)),
             feed,
             read,
         );

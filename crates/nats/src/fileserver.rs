@@ -251,7 +251,7 @@ pub async fn serve_discovery(
         "file server discoverable"
     );
     let answer = DiscoverableServiceTransport { address };
-    connection::serve(subscriber, stop, |message| {
+    connection::serve(&client, subscriber, stop, |message| {
         let client = client.clone();
         let answer = answer.clone();
         async move { connection::reply(&client, &message, &answer, None).await }

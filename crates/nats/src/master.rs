@@ -625,7 +625,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
     connection::settle(&client).await;
     tracing::info!(durable = master.durable_mode(), "master ready");
 
-    let serve_todo = connection::serve(todo, stop.clone(), |message| {
+    let serve_todo = connection::serve(&client, todo, stop.clone(), |message| {
         let client = client.clone();
         let master = master.clone();
         async move {
@@ -652,7 +652,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
             });
         }
     });
-    let serve_finished = connection::serve(finished, stop.clone(), |message| {
+    let serve_finished = connection::serve(&client, finished, stop.clone(), |message| {
         let master = master.clone();
         async move {
             tokio::spawn(async move {
@@ -665,7 +665,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
             });
         }
     });
-    let serve_new = connection::serve(new, stop.clone(), |message| {
+    let serve_new = connection::serve(&client, new, stop.clone(), |message| {
         let client = client.clone();
         let master = master.clone();
         async move {
@@ -684,7 +684,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
             });
         }
     });
-    let serve_status = connection::serve(status, stop.clone(), |message| {
+    let serve_status = connection::serve(&client, status, stop.clone(), |message| {
         let client = client.clone();
         let master = master.clone();
         async move {

@@ -94,7 +94,7 @@ pub async fn serve_users(
         users = users.len(),
         "user provider ready"
     );
-    connection::serve(subscriber, stop, |message| {
+    connection::serve(&client, subscriber, stop, |message| {
         let client = client.clone();
         let users = users.clone();
         async move {
@@ -131,7 +131,7 @@ pub async fn serve_time(client: Client, stop: CancellationToken) -> anyhow::Resu
         group = TIME_TELLERS,
         "time teller ready"
     );
-    connection::serve(subscriber, stop, |message| {
+    connection::serve(&client, subscriber, stop, |message| {
         let client = client.clone();
         async move {
             let time = Time {
