@@ -19,6 +19,8 @@ use anyhow::Context as _;
 use shoal_gossip::{ClusterKey, MemberState, Node, NodeOptions};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::report::percentile;
+
 /// Flags of `shoal bench gossip`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct GossipArgs {
@@ -247,14 +249,6 @@ impl XorShift {
         self.0 = x;
         usize::try_from(x % n as u64).unwrap_or(0)
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 impl GossipReport {

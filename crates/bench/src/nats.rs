@@ -71,11 +71,7 @@ impl RoundTrips {
     }
 
     fn percentile(&self, p: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let index = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies.get(index).copied()
+        crate::report::percentile(&self.latencies, p)
     }
 }
 
@@ -136,10 +132,7 @@ impl NatsBenchReport {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".into(),
-        |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0),
-    )
+    d.map_or_else(|| "-".into(), |_| format!("{} ms", crate::report::ms(d)))
 }
 
 impl fmt::Display for NatsBenchReport {

@@ -203,6 +203,15 @@ impl Report {
     }
 }
 
+/// The `p`th percentile (nearest rank) of `sorted`; `None` when empty.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 pub(crate) fn ms(d: Option<Duration>) -> String {
     d.map_or_else(
         || "-".to_owned(),

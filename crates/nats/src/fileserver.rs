@@ -98,10 +98,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn name_from(uri: &Uri) -> Result<String, ApiError> {
-    let raw = uri.path().strip_prefix('/').unwrap_or(uri.path());
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    match String::from_utf8(bytes) {
-        Ok(name) if valid_name(&name) => Ok(name),
+    match crate::path_segment(uri) {
+        Some(name) if valid_name(&name) => Ok(name),
         _ => Err(ApiError::bad_request(format!(
             "a file name is 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ - and does not start with a dot."
         ))),

@@ -141,10 +141,8 @@ pub fn router_with(client: Client, timeout: Duration) -> Router {
 
 /// The id from the raw path: percent-decoded, UTF-8, 1 to [`MAX_ID_BYTES`] bytes.
 fn parse_id(uri: &Uri) -> Result<String, ApiError> {
-    let raw = uri.path().strip_prefix('/').unwrap_or(uri.path());
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    let id = String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("the id is not valid UTF-8."))?;
+    let id = crate::path_segment(uri)
+        .ok_or_else(|| ApiError::bad_request("the id is not valid UTF-8."))?;
     if id.is_empty() {
         return Err(ApiError::bad_request("missing id: ask GET /{id}."));
     }

@@ -30,6 +30,14 @@ pub mod transport {
 pub use connection::{NatsArgs, connect};
 pub use transport::{DiscoverableServiceTransport, Task, TextMessage, Time, User};
 
+/// The request path after its leading slash, percent-decoded as raw bytes (the routes take
+/// one segment): `None` when the result is not UTF-8. Done by hand rather than by axum's
+/// `Path` extractor, whose rejection is not an `Error: …` answer.
+pub(crate) fn path_segment(uri: &axum::http::Uri) -> Option<String> {
+    let raw = uri.path().strip_prefix('/').unwrap_or(uri.path());
+    String::from_utf8(percent_encoding::percent_decode_str(raw).collect()).ok()
+}
+
 /// Task states as the tutorial numbers them.
 pub mod task_state {
     /// Not handed out yet.

@@ -126,6 +126,12 @@ pub struct Counters {
     pub refused: HashMap<&'static str, u64>,
 }
 
+impl Counters {
+    fn refuse(&mut self, refusal: Refusal) {
+        *self.refused.entry(refusal.label()).or_default() += 1;
+    }
+}
+
 struct Entry {
     task: Task,
     deadline: Option<Instant>,
@@ -226,10 +232,6 @@ impl Board {
             tracing::info!(id = index, uuid = %entry.task.uuid, "task not finished in time; handing it out again");
         }
         expired.len()
-    }
-
-    fn count_refusal(&mut self, refusal: Refusal) {
-        *self.counters.refused.entry(refusal.label()).or_default() += 1;
     }
 
     fn status(&self) -> serde_json::Value {
@@ -505,51 +507,29 @@ impl Master {
         }
     }
 
-    /// Applies a finish.
+    /// Applies a finish; a refusal is counted and logged.
     pub async fn finish(&self, message: &Task) -> Result<(), Refusal> {
         let result = match &*self.inner {
-            Inner::Memory { board, .. } => {
-                let mut board = lock(board);
-                let result = board.finish(message);
-                if let Err(refusal) = result {
-                    board.count_refusal(refusal);
-                }
-                result
-            }
-            Inner::Durable(durable) => {
-                let result = durable.finish(message).await;
-                if let Err(refusal) = result {
-                    *lock(&durable.counters)
-                        .refused
-                        .entry(refusal.label())
-                        .or_default() += 1;
-                }
-                result
-            }
+            Inner::Memory { board, .. } => lock(board).finish(message),
+            Inner::Durable(durable) => durable.finish(message).await,
         };
         match result {
             Ok(()) => metrics::counter!("shoal_nats_tasks_finished_total").increment(1),
             Err(refusal) => {
-                metrics::counter!("shoal_nats_finish_refused_total", "reason" => refusal.label())
-                    .increment(1);
+                self.count_refusal(refusal);
                 tracing::warn!(id = message.id, uuid = %message.uuid, reason = refusal.label(), "TaskFinished ignored");
             }
         }
         result
     }
 
-    /// Counts an undecodable finish.
-    fn refuse_undecodable(&self) {
-        metrics::counter!("shoal_nats_finish_refused_total", "reason" => "undecodable")
+    /// Counts an ignored `TaskFinished` (in `Work.Status` and the metrics).
+    fn count_refusal(&self, refusal: Refusal) {
+        metrics::counter!("shoal_nats_finish_refused_total", "reason" => refusal.label())
             .increment(1);
         match &*self.inner {
-            Inner::Memory { board, .. } => lock(board).count_refusal(Refusal::Undecodable),
-            Inner::Durable(durable) => {
-                *lock(&durable.counters)
-                    .refused
-                    .entry("undecodable")
-                    .or_default() += 1;
-            }
+            Inner::Memory { board, .. } => lock(board).counters.refuse(refusal),
+            Inner::Durable(durable) => lock(&durable.counters).refuse(refusal),
         }
     }
 
@@ -660,7 +640,7 @@ pub async fn serve(client: Client, master: Master, stop: CancellationToken) -> a
                     Ok(task) => {
                         let _ = master.finish(&task).await;
                     }
-                    Err(_) => master.refuse_undecodable(),
+                    Err(_) => master.count_refusal(Refusal::Undecodable),
                 }
             });
         }
