@@ -839,13 +839,13 @@ impl Stack {
         let kv_url = kv.base_url.clone();
         servers.push(("k/v store", kv));
         let mut tasks_config = shoal_tasks::Config::with_data_dir(dir.path().join("tasks"));
-        tasks_config.common.kv = Some(kv_url.clone());
+        tasks_config.common.kv = vec![kv_url.clone()];
         let tasks = TestServer::start(move |l, s| shoal_tasks::run(tasks_config, l, s))
             .await
             .context("cannot start the in-process task database")?;
         servers.push(("task database", tasks));
         let mut storage_config = shoal_storage::Config::with_data_dir(dir.path().join("storage"));
-        storage_config.common.kv = Some(kv_url.clone());
+        storage_config.common.kv = vec![kv_url.clone()];
         let storage = TestServer::start(move |l, s| shoal_storage::run(storage_config, l, s))
             .await
             .context("cannot start the in-process storage")?;

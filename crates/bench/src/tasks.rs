@@ -81,9 +81,11 @@ pub const CYCLES: &str = "cycles";
 /// Flags of `shoal bench tasks`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TasksArgs {
-    /// The task queue to benchmark (`HOST:PORT` or `http://HOST:PORT`). Without it, fresh
-    /// queues are started in this process on 127.0.0.1 with temporary data directories. With
-    /// it, the backlog is added to the target's queue and the backlog-10 comparison is skipped.
+    /// The task queue to benchmark (`HOST:PORT` or `http://HOST:PORT`; several, separated by
+    /// commas, for replicas of one queue on PostgreSQL: the workers are spread evenly over
+    /// them). Without it, fresh queues are started in this process on 127.0.0.1 with
+    /// temporary data directories. With it, the backlog is added to the target's queue and the
+    /// backlog-10 comparison is skipped.
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
 
@@ -551,11 +553,26 @@ pub async fn measure(args: &TasksArgs) -> anyhow::Result<TasksReport> {
     };
     let one = args.warmup.saturating_add(args.duration);
     match &args.target {
-        Some(url) => {
-            let target = Arc::new(Target::parse(url, args.token.as_ref())?);
-            target.probe(PROBE_LIMIT).await?;
-            report.target = target.base_url.clone();
-            report.target_kind = "external".into();
+        Some(urls) => {
+            let mut targets = Vec::new();
+            for url in urls.split(',').filter(|u| !u.trim().is_empty()) {
+                let target = Arc::new(Target::parse(url, args.token.as_ref())?);
+                target.probe(PROBE_LIMIT).await?;
+                targets.push(target);
+            }
+            let Some(target) = targets.first().cloned() else {
+                bail!("--target: no address given");
+            };
+            report.target = targets
+                .iter()
+                .map(|t| t.base_url.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            report.target_kind = if targets.len() == 1 {
+                "external".into()
+            } else {
+                format!("external, {} replicas", targets.len())
+            };
             eprintln!(
                 "bench: {rounds} round(s) of cycles, then a prefill of {} tasks, then \
                  {rounds} round(s) at that backlog ({} warmup + {} each, {} workers) against {}",
@@ -563,16 +580,16 @@ pub async fn measure(args: &TasksArgs) -> anyhow::Result<TasksReport> {
                 humantime::format_duration(args.warmup),
                 humantime::format_duration(args.duration),
                 load.concurrency,
-                target.base_url,
+                report.target,
             );
             for round in 1..=rounds {
-                let m = run_cycles(CYCLES.into(), None, round, &target, load).await?;
+                let m = run_cycles(CYCLES.into(), None, round, &targets, load).await?;
                 report.measurements.push(m);
             }
             prefill(&target, args.backlog, load.concurrency).await?;
             for round in 1..=rounds {
                 let label = backlog_label(args.backlog);
-                let m = run_cycles(label, Some(args.backlog), round, &target, load).await?;
+                let m = run_cycles(label, Some(args.backlog), round, &targets, load).await?;
                 report.measurements.push(m);
             }
             report.notes.push(format!(
@@ -602,7 +619,16 @@ pub async fn measure(args: &TasksArgs) -> anyhow::Result<TasksReport> {
                 target.probe(PROBE_LIMIT).await?;
                 let mut measured = Vec::new();
                 for round in 1..=rounds {
-                    measured.push(run_cycles(CYCLES.into(), None, round, &target, load).await?);
+                    measured.push(
+                        run_cycles(
+                            CYCLES.into(),
+                            None,
+                            round,
+                            std::slice::from_ref(&target),
+                            load,
+                        )
+                        .await?,
+                    );
                 }
                 anyhow::Ok(measured)
             }
@@ -638,7 +664,14 @@ pub async fn measure(args: &TasksArgs) -> anyhow::Result<TasksReport> {
                     }
                     for (label, backlog, target) in order {
                         measured.push(
-                            run_cycles(label.clone(), Some(backlog), round, target, load).await?,
+                            run_cycles(
+                                label.clone(),
+                                Some(backlog),
+                                round,
+                                std::slice::from_ref(target),
+                                load,
+                            )
+                            .await?,
                         );
                     }
                 }
@@ -723,25 +756,30 @@ async fn prefill(target: &Arc<Target>, count: u64, connections: usize) -> anyhow
     Ok(())
 }
 
-/// Runs the cycle loop with `load.concurrency` workers against `target`.
+/// Runs the cycle loop with `load.concurrency` workers spread evenly over `targets`
+/// (replicas of one queue).
 async fn run_cycles(
     label: String,
     backlog: Option<u64>,
     round: usize,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     load: Load,
 ) -> anyhow::Result<TasksMeasurement> {
     eprintln!(
         "bench: round {round}: measuring {label} at {}",
-        target.base_url
+        targets
+            .iter()
+            .map(|t| t.base_url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let start = Instant::now();
     let warmup_end = start + load.warmup;
     let deadline = warmup_end + load.duration;
     let workers: Vec<_> = (0..load.concurrency)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(worker(
-                Arc::clone(target),
+                Arc::clone(&targets[i % targets.len()]),
                 label.clone(),
                 backlog,
                 round,

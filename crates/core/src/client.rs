@@ -85,6 +85,11 @@ impl HttpClient {
         self.request(Method::DELETE, url)
     }
 
+    /// Sends a request built with [`Self::request`] (and `RequestBuilder::build`).
+    pub async fn execute(&self, request: reqwest::Request) -> reqwest::Result<reqwest::Response> {
+        self.inner.execute(request).await
+    }
+
     /// A long poll: the request timeout becomes the server-side `wait` plus a margin.
     pub fn long_poll(&self, method: Method, url: &str, wait: Duration) -> RequestBuilder {
         self.request(method, url).timeout(wait + LONG_POLL_MARGIN)

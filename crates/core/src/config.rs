@@ -14,9 +14,16 @@ use clap::{Arg, Args, ValueEnum};
 #[derive(Args, Clone, Debug, Default)]
 pub struct CommonArgs {
     /// The k/v store this service registers in and discovers its peers through
-    /// (`http://HOST:PORT` or `HOST:PORT`).
-    #[arg(long = "kv", env = "SHOAL_KV", value_name = "URL")]
-    pub kv: Option<String>,
+    /// (`http://HOST:PORT` or `HOST:PORT`). Several replicas of one store (sharing a
+    /// PostgreSQL database): repeat the flag or separate them with commas; any live one is
+    /// used.
+    #[arg(
+        long = "kv",
+        env = "SHOAL_KV",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub kv: Vec<String>,
 
     /// Shared secret: when set, every route but /healthz requires
     /// `Authorization: Bearer <token>`, and shoal clients send it.
@@ -31,7 +38,11 @@ pub struct CommonArgs {
     /// Log output format.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
 
+/// `--database-url`, for the services that keep state in a database (kv, tasks, multicast).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DatabaseArgs {
     /// Use this PostgreSQL database instead of the embedded SQLite file
     /// (`postgres://user:pass@host/db?sslmode=require`). Each service keeps its tables in a
     /// schema of its own, so several services can share one database.

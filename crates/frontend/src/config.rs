@@ -10,7 +10,9 @@ use shoal_core::config::{CommonArgs, ListenArgs, parse_size, service_flag};
 #[derive(Args, Clone, Debug)]
 #[command(
     mut_arg("listen", |a| service_flag(a, "SHOAL_FRONTEND_LISTEN", Some("127.0.0.1:8080"))),
-    mut_arg("advertise", |a| service_flag(a, "SHOAL_FRONTEND_ADVERTISE", None)),
+    // Nothing discovers the frontend (a load balancer or the user reaches it): the shared
+    // `--advertise` is accepted but not offered.
+    mut_arg("advertise", |a| a.hide(true)),
 )]
 pub struct Config {
     /// Where the page and the public API listen.
@@ -59,7 +61,7 @@ impl Config {
             basic_auth: None,
             rate_limit: None,
             common: CommonArgs {
-                kv: Some(kv.into()),
+                kv: vec![kv.into()],
                 ..CommonArgs::default()
             },
         }

@@ -322,6 +322,11 @@ async fn send_to_master(
     if let Some(format) = format {
         query.push(("format", format));
     }
+    // Without the client's key, one of our own, so the upload can move to another master
+    // after a broken connection without ever becoming two tasks.
+    let key = idempotency_key.cloned().or_else(|| {
+        HeaderValue::from_str(&format!("frontend-{}", uuid::Uuid::new_v4().simple())).ok()
+    });
     let response = app
         .upstream
         .send(MASTER_ADDRESS, |c, base| {
@@ -329,7 +334,7 @@ async fn send_to_master(
                 .post(&format!("{base}/api/v1/tasks"))
                 .query(&query)
                 .body(image.clone());
-            if let Some(key) = idempotency_key {
+            if let Some(key) = &key {
                 request = request.header("idempotency-key", key.clone());
             }
             request

@@ -39,6 +39,9 @@ pub(crate) const FORM_OVERHEAD: u64 = 1 << 20;
 /// limit.
 pub const MAX_FORM_FILES: u64 = 20;
 
+/// How long a readiness check waits for the master (which asks its own services in turn).
+const READINESS_LIMIT: Duration = Duration::from_secs(4);
+
 /// Runs the frontend on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -55,7 +58,7 @@ pub async fn run(
     })?;
     let upstream = Upstream::new(
         client,
-        config.common.kv.as_deref(),
+        &config.common.kv,
         &[(MASTER_ADDRESS, config.master.as_deref())],
     )?;
     let local = listener.local_addr()?;
@@ -87,17 +90,8 @@ pub async fn run(
     options.request_timeout = Duration::from_secs(15 * 60);
     options.readiness = Some(Arc::new(move || {
         let upstream = upstream.clone();
-        Box::pin(async move {
-            let response = upstream
-                .send(MASTER_ADDRESS, |c, base| c.get(&format!("{base}/healthz")))
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("the master answered {}", response.status()))
-            }
-        })
+        // The master's own readiness covers the task database and the storage behind it.
+        Box::pin(async move { upstream.ready(&[MASTER_ADDRESS], READINESS_LIMIT).await })
     }));
     server::run(routes, listener, cancel.clone().cancelled_owned(), options).await
 }

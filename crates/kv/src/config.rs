@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use shoal_core::config::{CommonArgs, parse_duration, parse_size};
+use shoal_core::config::{CommonArgs, DatabaseArgs, parse_duration, parse_size};
 
 use crate::store::{Limits, SyncMode};
 
 /// Configuration of `shoal kv`.
 #[derive(Args, Clone, Debug)]
+// The k/v store is what the others discover through; it registers nowhere itself. The shared
+// flag stays accepted (one `SHOAL_KV` may describe a whole deployment) but is not offered.
+#[command(mut_arg("kv", |a| a.hide(true)))]
 pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "SHOAL_KV_LISTEN", default_value = "127.0.0.1:3000")]
@@ -48,6 +51,10 @@ pub struct Config {
     #[arg(long, env = "SHOAL_KV_TOMBSTONE_RETENTION", value_parser = parse_duration, default_value = "10m")]
     pub tombstone_retention: Duration,
 
+    /// Where state is kept when not in the embedded SQLite file.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
     /// Flags every service shares.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -66,6 +73,7 @@ impl Config {
             max_total_size: 1 << 30,
             max_wait: Duration::from_secs(300),
             tombstone_retention: Duration::from_secs(600),
+            database: DatabaseArgs::default(),
             common: CommonArgs::default(),
         }
     }

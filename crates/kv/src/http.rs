@@ -121,6 +121,36 @@ async fn get_value(State(app): State<AppState>, params: Params) -> Result<Respon
     Ok(response)
 }
 
+/// Waits until a key starting with `prefix` is written (set, removed or expired) with a
+/// revision above `after` (default: the store's revision now); `false` when the wait ended with
+/// no such change. How a client watches a set of keys (every instance of a service) with one
+/// long poll instead of one per key.
+async fn wait_for_prefix(
+    app: &AppState,
+    prefix: &str,
+    wait: Duration,
+    after: Option<u64>,
+) -> Result<bool, ApiError> {
+    // Subscribe before looking, so a write between the look and the wait is not missed.
+    let mut changes = app.store.subscribe();
+    let after = after.unwrap_or_else(|| app.store.read().revision());
+    let deadline = Instant::now() + wait.min(app.max_wait);
+    loop {
+        if app.store.read().prefix_revision(prefix) > after {
+            return Ok(true);
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(ApiError::Unavailable("the store is shutting down".into()));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok(false),
+            () = app.shutdown.cancelled() => return Ok(false),
+        }
+    }
+}
+
 async fn set_value(
     State(app): State<AppState>,
     params: Params,
@@ -218,6 +248,15 @@ async fn list(State(app): State<AppState>, params: Params) -> Result<Response, A
             )));
         }
     };
+    if let Some(wait) = params.parsed("wait", parse_duration)? {
+        let after = revision_param(&params, "after")?;
+        if !wait_for_prefix(&app, prefix, wait, after).await? {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            let revision = after.unwrap_or_else(|| app.store.read().revision());
+            revision_header(response.headers_mut(), revision);
+            return Ok(response);
+        }
+    }
     let now = now_ms();
     let state = app.store.read();
     let revision = state.revision();

@@ -29,7 +29,7 @@ use crate::store::{Backend, PostgresBackend, SqliteBackend, Store};
 /// Opens the store the configuration names: PostgreSQL with `--database-url`, else SQLite in
 /// `--data-dir`.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let backend = match &config.common.database_url {
+    let backend = match &config.database.database_url {
         Some(url) => Backend::Postgres(PostgresBackend::open(url.expose()).await?),
         None => Backend::Sqlite(SqliteBackend::open(&config.data_dir, config.sync).await?),
     };

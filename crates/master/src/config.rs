@@ -67,7 +67,7 @@ impl Config {
             tasks: None,
             storage: None,
             common: CommonArgs {
-                kv: Some(kv.into()),
+                kv: vec![kv.into()],
                 ..CommonArgs::default()
             },
         }

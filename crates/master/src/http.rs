@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/registerTaskFinished", post(register_task_finished))
         .route("/failTask", post(fail_task))
         .route("/extendLease", post(extend_lease))
+        .route("/releaseWorker", post(release_worker))
         .with_state(state)
 }
 
@@ -286,7 +287,11 @@ async fn accept(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return Ok(Accepted::QueueFull(response));
     }
-    let key = headers.get("idempotency-key").cloned();
+    // Without a client's key, one of our own: the task database is then asked at most once
+    // per upload even when a call to it is repeated on another replica after a lost answer.
+    let key = headers.get("idempotency-key").cloned().or_else(|| {
+        HeaderValue::from_str(&format!("master-{}", uuid::Uuid::new_v4().simple())).ok()
+    });
     let output = output.unwrap_or(info.format);
     let payload = job_payload(&pipeline, output, info.format).to_string();
     let response = app
@@ -335,7 +340,7 @@ async fn accept(
     }
     let stored = app
         .upstream
-        .send(STORAGE_ADDRESS, |c, base| {
+        .send_idempotent(STORAGE_ADDRESS, |c, base| {
             c.post(&format!("{base}/sendImage?state=working&id={id}"))
                 .body(body.clone())
         })
@@ -364,7 +369,15 @@ async fn accept(
             other => other,
         });
     }
-    let (status, text) = app.tasks_post(&format!("/releaseTask?id={id}")).await?;
+    // A release is idempotent (releasing a released task changes nothing), so it may move to
+    // another task database replica after a broken connection.
+    let response = app
+        .upstream
+        .send_idempotent(DATABASE_ADDRESS, |c, base| {
+            c.post(&format!("{base}/releaseTask?id={id}"))
+        })
+        .await?;
+    let (status, text) = read(response, "the task database").await?;
     // 409: a concurrent retry released it first.
     if status != StatusCode::OK && status != StatusCode::CONFLICT {
         return Err(upstream_refused("the task database", status, &text));
@@ -659,4 +672,14 @@ async fn extend_lease(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     pass_through(&app, "/extendLease", query, None).await
+}
+
+/// `POST /releaseWorker?worker=NAME`: a worker starting again under its name hands back the
+/// claims of its previous life, so they go to the queue at once instead of when their leases
+/// run out.
+async fn release_worker(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    pass_through(&app, "/releaseWorker", query, None).await
 }

@@ -32,6 +32,9 @@ use crate::http::AppState;
 use shoal_core::discovery::{DATABASE_ADDRESS, STORAGE_ADDRESS};
 use shoal_core::upstream::Upstream;
 
+/// How long a readiness check waits for each service the master needs.
+const READINESS_LIMIT: Duration = Duration::from_secs(2);
+
 /// Runs the master on `listener` until `shutdown` resolves. With `--kv`, registers the
 /// advertised address as `masterAddress` and removes it at shutdown.
 pub async fn run(
@@ -49,7 +52,7 @@ pub async fn run(
     })?;
     let upstream = Upstream::new(
         client,
-        config.common.kv.as_deref(),
+        &config.common.kv,
         &[
             (DATABASE_ADDRESS, config.tasks.as_deref()),
             (STORAGE_ADDRESS, config.storage.as_deref()),
@@ -77,16 +80,9 @@ pub async fn run(
     options.readiness = Some(Arc::new(move || {
         let upstream = upstream.clone();
         Box::pin(async move {
-            for service in [DATABASE_ADDRESS, STORAGE_ADDRESS] {
-                let response = upstream
-                    .send(service, |c, base| c.get(&format!("{base}/healthz")))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("{service} answered {}", response.status()));
-                }
-            }
-            Ok(())
+            upstream
+                .ready(&[DATABASE_ADDRESS, STORAGE_ADDRESS], READINESS_LIMIT)
+                .await
         })
     }));
     let result = server::run(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use shoal_core::config::{CommonArgs, parse_duration, parse_size};
+use shoal_core::config::{CommonArgs, DatabaseArgs, parse_duration, parse_size};
 
 use crate::guard::parse_cidr;
 use crate::hub::HubOptions;
@@ -12,6 +12,9 @@ use crate::signing::SigningSecret;
 
 /// Configuration of `shoal multicast`.
 #[derive(Args, Clone, Debug)]
+// The hub finds nothing through the k/v store yet: the shared `--kv` stays accepted (one
+// `SHOAL_KV` may describe a whole deployment) but is not offered.
+#[command(mut_arg("kv", |a| a.hide(true)))]
 pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "SHOAL_MULTICAST_LISTEN", default_value = "127.0.0.1:3010")]
@@ -86,6 +89,10 @@ pub struct Config {
     #[arg(long = "deny-cidr", env = "SHOAL_MULTICAST_DENY_CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub deny_cidr: Vec<ipnet::IpNet>,
 
+    /// Where state is kept when not in the embedded SQLite file.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
     /// Flags every service shares.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -112,6 +119,7 @@ impl Config {
             signing_secret: None,
             allow_cidr: Vec::new(),
             deny_cidr: Vec::new(),
+            database: DatabaseArgs::default(),
             common: CommonArgs::default(),
         }
     }

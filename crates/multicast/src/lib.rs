@@ -35,7 +35,7 @@ use crate::store::Store;
 
 /// Opens the store the configuration names: PostgreSQL with `--database-url`, else SQLite.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    match &config.common.database_url {
+    match &config.database.database_url {
         Some(url) => Store::open_postgres(url.expose()).await,
         None => Store::open_sqlite(&config.data_dir).await,
     }

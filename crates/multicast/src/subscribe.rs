@@ -86,6 +86,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Configuration of `shoal multicast subscribe`.
 #[derive(Args, Clone, Debug)]
+// The hub is named by `--hub`; the shared `--kv` is accepted but not offered.
+#[command(mut_arg("kv", |a| a.hide(true)))]
 pub struct SubscribeArgs {
     /// The hub to subscribe to (`HOST:PORT` or `http(s)://HOST:PORT`).
     #[arg(long, env = "SHOAL_MULTICAST_SUBSCRIBE_HUB", value_name = "URL", value_parser = base_url)]

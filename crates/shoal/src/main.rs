@@ -9,6 +9,9 @@ use shoal_core::config::LogFormat;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
+    // Once, before anything can build a TLS client: reqwest, the S3 client and the PostgreSQL
+    // driver all use rustls's process default and panic when none is installed.
+    shoal_core::client::install_crypto_provider();
     let log_format = cli.command.log_format();
     shoal_core::logging::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

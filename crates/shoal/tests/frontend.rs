@@ -39,13 +39,13 @@ impl Stack {
             .await
             .expect("kv");
         let mut tasks_config = shoal_tasks::Config::with_data_dir(dir.path().join("tasks"));
-        tasks_config.common.kv = Some(kv.base_url.clone());
+        tasks_config.common.kv = vec![kv.base_url.clone()];
         tasks_config.common.token = token.clone();
         let tasks = TestServer::start(move |l, s| shoal_tasks::run(tasks_config, l, s))
             .await
             .expect("tasks");
         let mut storage_config = shoal_storage::Config::with_data_dir(dir.path().join("storage"));
-        storage_config.common.kv = Some(kv.base_url.clone());
+        storage_config.common.kv = vec![kv.base_url.clone()];
         storage_config.common.token = token.clone();
         let storage = TestServer::start(move |l, s| shoal_storage::run(storage_config, l, s))
             .await

@@ -196,7 +196,6 @@ fn help_lists_subcommands_and_version_works() {
     for flag in [
         "--listen",
         "--data-dir",
-        "--kv",
         "--token",
         "--log-format",
         "--database-url",
@@ -204,6 +203,39 @@ fn help_lists_subcommands_and_version_works() {
         "SHOAL_TOKEN",
     ] {
         assert!(help.contains(flag), "{flag} missing from kv --help");
+    }
+    // No subcommand offers a flag that does nothing for it.
+    for (subcommand, absent) in [
+        (&["kv"][..], &["--kv "][..]),
+        (&["storage"], &["--database-url"]),
+        (&["master"], &["--database-url"]),
+        (&["worker"], &["--database-url"]),
+        (&["frontend"], &["--database-url", "--advertise"]),
+        (&["multicast"], &["--kv "]),
+        (&["multicast", "subscribe"], &["--kv ", "--database-url"]),
+    ] {
+        let out = Command::new(BIN)
+            .args(subcommand)
+            .arg("--help")
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in absent {
+            assert!(
+                !help.contains(flag),
+                "shoal {} --help offers {flag}",
+                subcommand.join(" ")
+            );
+        }
+    }
+    for subcommand in ["tasks", "storage", "master", "worker", "frontend"] {
+        let out = Command::new(BIN)
+            .args([subcommand, "--help"])
+            .output()
+            .expect("run");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--kv <URL>"), "{subcommand}: {help}");
     }
 }
 

@@ -129,3 +129,105 @@ async fn acknowledged_uploads_survive_kill_9() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Starts `shoal storage` on S3 the way the README says (credentials from the standard AWS
+/// variables), with `extra` flags; returns the child and its stderr lines so far when it
+/// exits before listening.
+fn spawn_s3_storage(
+    s3: &shoal_core::testkit::s3::S3Server,
+    bucket: &str,
+    dir: &std::path::Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(support::BIN);
+    command
+        .args(["storage", "--s3-bucket", bucket, "--s3-endpoint"])
+        .arg(s3.endpoint())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("AWS_ACCESS_KEY_ID", shoal_core::testkit::s3::ACCESS_KEY_ID)
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            shoal_core::testkit::s3::SECRET_ACCESS_KEY,
+        )
+        .env("AWS_REGION", shoal_core::testkit::s3::REGION)
+        .env("RUST_LOG", "info");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_process_on_s3_starts_round_trips_and_names_a_missing_bucket() {
+    shoal_core::client::install_crypto_provider();
+    let Some(s3) = shoal_core::testkit::s3::S3Server::start().expect("S3 server") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = s3.fresh_bucket().expect("bucket");
+
+    // Starts (the TLS provider is installed before any client is built) and round-trips.
+    let (child, base) = support::spawn_command(spawn_s3_storage(&s3, &bucket, dir.path()));
+    let mut storage = StorageProcess { child, base };
+    let ready = client
+        .get(format!("{}/readyz", storage.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let image = object(7, 1);
+    let sent = client
+        .post(format!("{}/sendImage?state=working&id=7", storage.base))
+        .body(image.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(sent.status(), 200, "{:?}", sent.text().await);
+    let got = client
+        .get(format!("{}/getImage?state=working&id=7", storage.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.expect("body").as_ref(), image.as_slice());
+
+    // The bucket disappears under the running service: /readyz says so, with the reason.
+    let deleted = client
+        .delete(format!("{}/deleteImage?state=working&id=7", storage.base))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200);
+    let gone = client
+        .delete(format!("{}/{bucket}", s3.endpoint()))
+        .send()
+        .await
+        .expect("delete bucket");
+    assert!(gone.status().is_success(), "{}", gone.status());
+    let ready = client
+        .get(format!("{}/readyz", storage.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let reason = ready.text().await.expect("text");
+    assert!(reason.contains("does not exist"), "{reason}");
+    let _ = storage.child.kill();
+
+    // A missing bucket fails the start with a clear reason, not a ready service that 500s.
+    let output = spawn_s3_storage(&s3, "nosuch-bucket", dir.path())
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("S3 bucket nosuch-bucket does not exist"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

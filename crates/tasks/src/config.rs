@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use shoal_core::config::{CommonArgs, ListenArgs, parse_duration, service_flag};
+use shoal_core::config::{CommonArgs, DatabaseArgs, ListenArgs, parse_duration, service_flag};
 
 /// Configuration of `shoal tasks`.
 #[derive(Args, Clone, Debug)]
@@ -29,8 +29,10 @@ pub struct Config {
     #[arg(long, env = "SHOAL_TASKS_FULL_SYNC")]
     pub full_sync: bool,
 
-    /// How long a claim holds a task before it goes back to the queue.
-    #[arg(long, env = "SHOAL_TASKS_LEASE", value_parser = parse_duration, default_value = "120s")]
+    /// How long a claim holds a task before it goes back to the queue. Workers extend it
+    /// every third of it while they work, so a long job keeps its task however long it takes,
+    /// and a killed worker's task is free again within this time (plus a sweep, 1 s).
+    #[arg(long, env = "SHOAL_TASKS_LEASE", value_parser = parse_duration, default_value = "20s")]
     pub lease: Duration,
 
     /// How long a held task waits for its release before it fails.
@@ -50,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "SHOAL_TASKS_MAX_WAIT", value_parser = parse_duration, default_value = "60s")]
     pub max_wait: Duration,
 
+    /// Where state is kept when not in the embedded SQLite file.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
     /// Flags every service shares.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -65,11 +71,12 @@ impl Config {
             },
             data_dir: data_dir.into(),
             full_sync: false,
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(20),
             hold_timeout: Duration::from_secs(600),
             max_attempts: 5,
             retention: None,
             max_wait: Duration::from_secs(60),
+            database: DatabaseArgs::default(),
             common: CommonArgs::default(),
         }
     }

@@ -22,6 +22,8 @@ use crate::state::{Action, State as TaskState};
 pub struct AppState {
     /// The queue.
     pub queue: Queue,
+    /// Workers that asked for tasks lately.
+    pub workers: crate::gauges::Workers,
     /// Longest long-poll.
     pub max_wait: Duration,
     /// Fires at shutdown, ending long polls at once.
@@ -178,6 +180,9 @@ async fn get_by_id(State(app): State<AppState>, params: Params) -> Result<Respon
 async fn get_new_task(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
     let wait = params.parsed("wait", parse_duration)?;
     let worker = worker_param(&params)?;
+    if let Some(name) = &worker {
+        app.workers.saw(name);
+    }
     let deadline = Instant::now() + wait.unwrap_or_default().min(app.max_wait);
     let mut ready = app.queue.ready();
     loop {

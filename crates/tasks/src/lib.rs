@@ -11,9 +11,11 @@
 //! - [`task`]: a task as stored and as shown.
 //! - [`queue`]: the queue on SQLite (one group-committing writer) or PostgreSQL (replicas,
 //!   `FOR UPDATE SKIP LOCKED`).
+//! - [`gauges`]: tasks per state and live workers as Prometheus gauges.
 //! - [`http`]: the routes.
 
 pub mod config;
+pub mod gauges;
 pub mod http;
 pub mod queue;
 pub mod state;
@@ -44,7 +46,7 @@ pub async fn run(
         max_attempts: config.max_attempts,
         retention: config.retention,
     };
-    let queue = match &config.common.database_url {
+    let queue = match &config.database.database_url {
         Some(url) => Queue::open_postgres(url.expose(), limits).await?,
         None => Queue::open(&config.data_dir, config.full_sync, limits).await?,
     };
@@ -58,7 +60,14 @@ pub async fn run(
         cancel.clone(),
     )
     .await?;
+    let workers = gauges::Workers::default();
+    tokio::spawn(gauges::publish(
+        queue.clone(),
+        workers.clone(),
+        cancel.clone(),
+    ));
     let state = AppState {
+        workers,
         queue: queue.clone(),
         max_wait: config.max_wait,
         shutdown: cancel.clone(),
@@ -68,7 +77,14 @@ pub async fn run(
     options.token = config.common.token.clone();
     options.readiness = Some(Arc::new(move || {
         let queue = queue.clone();
-        Box::pin(async move { queue.ping().await.map_err(|e| format!("database: {e:#}")) })
+        Box::pin(async move {
+            // Bounded well inside the callers' own limits (a master asks with 2 s), so a
+            // database that hangs reads as "not ready", not as a slow answer.
+            match tokio::time::timeout(std::time::Duration::from_millis(1500), queue.ping()).await {
+                Ok(result) => result.map_err(|e| format!("database: {e:#}")),
+                Err(_) => Err("database: no answer within 1.5 s".to_owned()),
+            }
+        })
     }));
     let result = server::run(
         http::router(state),

@@ -1,12 +1,15 @@
 //! The queue: on the embedded SQLite file (one connection, one writer task), or on
 //! PostgreSQL (schema `shoal_tasks`, shared by any number of replicas).
 //!
-//! SQLite: every change goes through the writer, which applies whatever operations are waiting
-//! in one transaction (group commit) and answers only after the commit, so an acknowledged
-//! transition is durable. PostgreSQL: each request runs in its own transaction; claims take
-//! the oldest ready row `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any replica never
-//! get the same task, and commits that make tasks ready send a `NOTIFY` that wakes long polls
-//! on every replica. Each operation reads the task, asks [`crate::state::decide`] what the action
+//! On both, every change goes through this replica's writer task, which applies whatever
+//! operations are waiting in one transaction (group commit: one fsync per batch) and answers
+//! only after the commit, so an acknowledged transition is durable. On PostgreSQL several
+//! replicas write at once: claims take the oldest ready row `FOR UPDATE SKIP LOCKED`, so
+//! claimers on any replica never get the same task; creates lock the id counter row, so ids
+//! stay consecutive across replicas (a batch holds it for one transaction, not one per task);
+//! commits that make tasks ready send a `NOTIFY` that wakes long polls on every replica. Within
+//! a batch, operations take their locks in one order (the counter, then tasks by id, then
+//! claims), and a batch that still meets a deadlock with another replica's is retried whole. Each operation reads the task, asks [`crate::state::decide`] what the action
 //! does, and writes the result: one decision function for every route. Expired leases are
 //! returned at claim time (and by a once-a-second sweep, for visibility), never by a sleeping
 //! task per claim.
@@ -45,7 +48,7 @@ pub struct Limits {
 }
 
 /// An operation on the queue.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Op {
     /// A new task, optionally held.
     Create {
@@ -139,15 +142,13 @@ pub enum QueueError {
 type Reply = oneshot::Sender<Result<Outcome, QueueError>>;
 
 enum Backend {
-    Sqlite {
-        conn: Mutex<SqliteConnection>,
-        commands: mpsc::Sender<(Op, Reply)>,
-    },
+    Sqlite(Mutex<SqliteConnection>),
     Postgres(PgPool),
 }
 
 struct Shared {
     backend: Backend,
+    commands: mpsc::Sender<(Op, Reply)>,
     ready: watch::Sender<u64>,
     limits: Limits,
 }
@@ -190,10 +191,8 @@ impl Queue {
         let (commands, receiver) = mpsc::channel(MAX_BATCH);
         let (ready, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            backend: Backend::Sqlite {
-                conn: Mutex::new(conn),
-                commands,
-            },
+            backend: Backend::Sqlite(Mutex::new(conn)),
+            commands,
             ready,
             limits,
         });
@@ -208,11 +207,14 @@ impl Queue {
             shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 16, &POSTGRES_MIGRATOR)
                 .await?;
         let (ready, _) = watch::channel(0);
+        let (commands, receiver) = mpsc::channel(MAX_BATCH);
         let shared = Arc::new(Shared {
             backend: Backend::Postgres(pool.clone()),
+            commands,
             ready,
             limits,
         });
+        tokio::spawn(writer(Arc::downgrade(&shared), receiver));
         tokio::spawn(postgres_sweeper(Arc::downgrade(&shared)));
         tokio::spawn(postgres_listener(Arc::downgrade(&shared), pool));
         Ok(Self { shared })
@@ -220,25 +222,19 @@ impl Queue {
 
     /// Applies `op`; durable when this returns.
     pub async fn submit(&self, op: Op) -> Result<Outcome, QueueError> {
-        match &self.shared.backend {
-            Backend::Sqlite { commands, .. } => {
-                let (reply, rx) = oneshot::channel();
-                commands
-                    .send((op, reply))
-                    .await
-                    .map_err(|_| QueueError::Closed)?;
-                rx.await.map_err(|_| QueueError::Closed)?
-            }
-            Backend::Postgres(pool) => postgres_submit(&self.shared, pool, op).await,
-        }
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send((op, reply))
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
     }
 
     /// The task with this id.
     pub async fn get(&self, id: u64) -> anyhow::Result<Option<Task>> {
         Ok(match &self.shared.backend {
-            Backend::Sqlite { conn, .. } => {
-                sqlite_queries::get(&mut *conn.lock().await, id).await?
-            }
+            Backend::Sqlite(conn) => sqlite_queries::get(&mut *conn.lock().await, id).await?,
             Backend::Postgres(pool) => postgres_queries::get(pool, id).await?,
         })
     }
@@ -246,9 +242,7 @@ impl Queue {
     /// Tasks in id order, optionally of one state.
     pub async fn list(&self, state: Option<State>) -> anyhow::Result<Vec<Task>> {
         Ok(match &self.shared.backend {
-            Backend::Sqlite { conn, .. } => {
-                sqlite_queries::list(&mut *conn.lock().await, state).await?
-            }
+            Backend::Sqlite(conn) => sqlite_queries::list(&mut *conn.lock().await, state).await?,
             Backend::Postgres(pool) => postgres_queries::list(pool, state).await?,
         })
     }
@@ -256,7 +250,7 @@ impl Queue {
     /// How many tasks are in each state.
     pub async fn stats(&self) -> anyhow::Result<Stats> {
         Ok(match &self.shared.backend {
-            Backend::Sqlite { conn, .. } => sqlite_queries::stats(&mut *conn.lock().await).await?,
+            Backend::Sqlite(conn) => sqlite_queries::stats(&mut *conn.lock().await).await?,
             Backend::Postgres(pool) => postgres_queries::stats(pool).await?,
         })
     }
@@ -269,7 +263,7 @@ impl Queue {
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
         match &self.shared.backend {
-            Backend::Sqlite { conn, .. } => {
+            Backend::Sqlite(conn) => {
                 sqlx::query("SELECT 1")
                     .execute(&mut *conn.lock().await)
                     .await?;
@@ -280,38 +274,6 @@ impl Queue {
         }
         Ok(())
     }
-}
-
-/// One operation in its own transaction (concurrency comes from PostgreSQL's row locks). A
-/// claim first settles expired leases, as the SQLite writer does for each batch.
-async fn postgres_submit(shared: &Shared, pool: &PgPool, op: Op) -> Result<Outcome, QueueError> {
-    let mut work = Work {
-        limits: &shared.limits,
-        now: now_ms(),
-        ready_changed: false,
-    };
-    let storage = |e: sqlx::Error| QueueError::Storage(e.to_string());
-    let mut tx = pool.begin().await.map_err(storage)?;
-    if matches!(op, Op::Claim { .. }) {
-        postgres_queries::expire(&mut work, &mut tx)
-            .await
-            .map_err(storage)?;
-    }
-    let outcome = postgres_queries::apply(&mut work, &mut tx, op)
-        .await
-        .map_err(storage)?;
-    if work.ready_changed {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(READY_CHANNEL)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
-    }
-    tx.commit().await.map_err(storage)?;
-    if work.ready_changed {
-        shared.ready.send_modify(|v| *v = v.wrapping_add(1));
-    }
-    outcome
 }
 
 /// Settles expired leases and holds once a second, so `getById` and `list` show them.
@@ -404,33 +366,14 @@ async fn writer(shared: std::sync::Weak<Shared>, mut commands: mpsc::Receiver<(O
 
 /// Applies a batch in one transaction; answers after the commit.
 async fn process(shared: &Shared, batch: Vec<(Op, Reply)>) {
-    let now = now_ms();
     let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
-    let mut work = Work {
-        limits: &shared.limits,
-        now,
-        ready_changed: false,
+    let result = match &shared.backend {
+        Backend::Sqlite(conn) => process_sqlite(shared, conn, ops).await,
+        Backend::Postgres(pool) => process_postgres(shared, pool, ops).await,
     };
-    let Backend::Sqlite { conn, .. } = &shared.backend else {
-        return;
-    };
-    let mut conn = conn.lock().await;
-    let result: Result<Vec<Result<Outcome, QueueError>>, sqlx::Error> = async {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        // Leases and holds that ran out are settled before anything else is decided.
-        sqlite_queries::expire(&mut work, &mut tx).await?;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            outcomes.push(sqlite_queries::apply(&mut work, &mut tx, op).await?);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-    .await;
-    drop(conn);
     match result {
-        Ok(outcomes) => {
-            if work.ready_changed {
+        Ok((outcomes, ready_changed)) => {
+            if ready_changed {
                 shared.ready.send_modify(|v| *v = v.wrapping_add(1));
             }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -444,6 +387,104 @@ async fn process(shared: &Shared, batch: Vec<(Op, Reply)>) {
             }
         }
     }
+}
+
+type Outcomes = Vec<Result<Outcome, QueueError>>;
+
+async fn process_sqlite(
+    shared: &Shared,
+    conn: &Mutex<SqliteConnection>,
+    ops: Vec<Op>,
+) -> Result<(Outcomes, bool), sqlx::Error> {
+    let mut work = Work {
+        limits: &shared.limits,
+        now: now_ms(),
+        ready_changed: false,
+    };
+    let mut conn = conn.lock().await;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // Leases and holds that ran out are settled before anything else is decided.
+    sqlite_queries::expire(&mut work, &mut tx).await?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        outcomes.push(sqlite_queries::apply(&mut work, &mut tx, op).await?);
+    }
+    tx.commit().await?;
+    Ok((outcomes, work.ready_changed))
+}
+
+/// Times a batch that met a deadlock with another replica's is tried again.
+const POSTGRES_BATCH_TRIES: u32 = 4;
+
+/// Where an operation goes in a PostgreSQL batch: the id counter first (creates), then the
+/// expiry sweep and the tasks named by id in id order, then claims (which skip locked rows and
+/// so never wait). One lock order for every replica leaves few deadlocks to retry.
+fn lock_rank(op: &Op) -> (u8, u64) {
+    match op {
+        Op::Create { .. } => (0, 0),
+        Op::Act { id, .. } | Op::Set { id, .. } => (1, *id),
+        Op::ReleaseWorker { .. } => (2, 0),
+        Op::Claim { .. } => (3, 0),
+    }
+}
+
+async fn process_postgres(
+    shared: &Shared,
+    pool: &PgPool,
+    ops: Vec<Op>,
+) -> Result<(Outcomes, bool), sqlx::Error> {
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| lock_rank(&ops[i]));
+    let claims = ops.iter().any(|op| matches!(op, Op::Claim { .. }));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut work = Work {
+            limits: &shared.limits,
+            now: now_ms(),
+            ready_changed: false,
+        };
+        let attempt: Result<Outcomes, sqlx::Error> = async {
+            let mut tx = pool.begin().await?;
+            let mut outcomes: Vec<Option<Result<Outcome, QueueError>>> =
+                (0..ops.len()).map(|_| None).collect();
+            let mut expired = false;
+            for &i in &order {
+                if claims && !expired && lock_rank(&ops[i]).0 > 0 {
+                    // A claim must see the tasks whose leases ran out as ready again.
+                    postgres_queries::expire(&mut work, &mut tx).await?;
+                    expired = true;
+                }
+                outcomes[i] =
+                    Some(postgres_queries::apply(&mut work, &mut tx, ops[i].clone()).await?);
+            }
+            if work.ready_changed {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(READY_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or(Err(QueueError::Closed)))
+                .collect())
+        }
+        .await;
+        match attempt {
+            Ok(outcomes) => return Ok((outcomes, work.ready_changed)),
+            Err(err) if tries < POSTGRES_BATCH_TRIES && is_lock_conflict(&err) => {
+                metrics::counter!("shoal_tasks_batch_retries_total").increment(1);
+                tracing::debug!(error = %err, tries, "batch met another replica's; retrying");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// A deadlock or serialization failure: nothing was written, and trying again can succeed.
+fn is_lock_conflict(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 struct Work<'a> {
@@ -608,6 +649,9 @@ macro_rules! queries {
                     {
                         work.change(&mut task, effect, None);
                         write(tx, &task, work.now).await?;
+                        if action == Action::LeaseExpired {
+                            metrics::counter!("shoal_tasks_leases_expired_total").increment(1);
+                        }
                     }
                 }
             }
@@ -688,6 +732,7 @@ macro_rules! queries {
                             released += 1;
                         }
                     }
+                    metrics::counter!("shoal_tasks_leases_released_total").increment(released);
                     Ok(Ok(Outcome::Released(released)))
                 }
                 Op::Act {

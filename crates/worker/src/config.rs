@@ -1,5 +1,6 @@
 //! `shoal worker` flags.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -12,10 +13,21 @@ pub struct Config {
     #[arg(long, env = "SHOAL_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
-    /// This worker's name on its claims (default: host name and process id). A host that
-    /// restarts can hand back the claims its dead workers held by this name.
+    /// This worker's name on its claims. At start the worker hands back every claim still
+    /// held under its name (its previous life's, after a crash), so no task waits for a
+    /// lease to run out. Default: the host name and an id kept in --data-dir; give a name
+    /// only if no other live worker uses it.
     #[arg(long, env = "SHOAL_WORKER_NAME")]
     pub name: Option<String>,
+
+    /// Where the worker keeps its id (`worker-id`), locked while it runs: one directory per
+    /// worker process on a host.
+    #[arg(
+        long,
+        env = "SHOAL_WORKER_DATA_DIR",
+        default_value = "./shoal-data/worker"
+    )]
+    pub data_dir: PathBuf,
 
     /// The master's address, instead of `masterAddress` from the k/v store.
     #[arg(long, env = "SHOAL_WORKER_MASTER", value_name = "URL")]
@@ -48,11 +60,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every default; discovery through the k/v store at `kv` (tests, `shoal up`).
+    /// Every default but the name, which is made up (so several in-process workers never
+    /// share the default data directory's lock); discovery through the k/v store at `kv`
+    /// (tests, `shoal up`, which names its worker).
     pub fn with_kv(kv: impl Into<String>) -> Self {
         Self {
             threads: None,
-            name: None,
+            name: Some(format!("worker-{}", uuid::Uuid::new_v4().simple())),
+            data_dir: PathBuf::from("./shoal-data/worker"),
             master: None,
             storage: None,
             poll_wait: Duration::from_secs(20),
@@ -60,7 +75,7 @@ impl Config {
             max_pixels: 40_000_000,
             metrics: MetricsArgs::default(),
             common: CommonArgs {
-                kv: Some(kv.into()),
+                kv: vec![kv.into()],
                 ..CommonArgs::default()
             },
         }
@@ -74,16 +89,11 @@ impl Config {
         )
     }
 
-    /// The name claims carry: `--name`, or `HOST-PID`.
-    pub fn worker_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "worker".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
+    /// The worker's identity: `--name`, or the host name and the id kept in `--data-dir`.
+    pub fn identity(&self) -> anyhow::Result<crate::identity::Identity> {
+        match &self.name {
+            Some(name) => crate::identity::Identity::named(name),
+            None => crate::identity::Identity::persistent(&self.data_dir),
+        }
     }
 }

@@ -13,14 +13,20 @@
 //!   with the reason, never retried;
 //! - **a panic** in an operation: caught, reported as that task's failure, the worker goes on.
 //!
+//! A worker that cannot reach the storage stops claiming until a storage instance answers
+//! ready again, rather than claiming tasks it cannot fetch and handing them back. At start it
+//! hands back the claims its previous life still holds under its name ([`identity`]).
+//!
 //! On SIGTERM the loops stop taking tasks and finish those in hand, for at most
 //! `--drain-timeout`.
 
 pub mod config;
+pub mod identity;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -45,6 +51,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LOOPS_PER_THREAD: usize = 2;
 /// Tries of one step of a task (fetch, store, report) before the task is handed back.
 const STEP_TRIES: u32 = 6;
+/// How long a readiness probe of the storage (or of the master and storage, for `/readyz`)
+/// may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Runs the worker until `shutdown` resolves, then drains.
 pub async fn run(
@@ -60,17 +69,27 @@ pub async fn run(
     })?;
     let upstream = Upstream::new(
         client,
-        config.common.kv.as_deref(),
+        &config.common.kv,
         &[
             (MASTER_ADDRESS, config.master.as_deref()),
             (STORAGE_ADDRESS, config.storage.as_deref()),
         ],
     )?;
+    let identity = config.identity()?;
     let metrics_server = match &config.metrics.metrics_listen {
         Some(address) => {
             let listener = server::bind(address).await?;
             let mut options = ServerOptions::new("worker");
             options.token = config.common.token.clone();
+            let probe = upstream.clone();
+            options.readiness = Some(Arc::new(move || {
+                let upstream = probe.clone();
+                Box::pin(async move {
+                    upstream
+                        .ready(&[MASTER_ADDRESS, STORAGE_ADDRESS], PROBE_LIMIT)
+                        .await
+                })
+            }));
             let stop = cancel.clone();
             Some(tokio::spawn(server::run_metrics_only(
                 listener,
@@ -83,15 +102,21 @@ pub async fn run(
     let threads = config.thread_count();
     let worker = Arc::new(Worker {
         upstream,
-        name: config.worker_name(),
+        name: identity.name.clone(),
         poll_wait: config.poll_wait,
         limits: Limits {
             max_pixels: config.max_pixels,
         },
         stop: cancel.clone(),
         cpu: tokio::sync::Semaphore::new(threads),
+        storage_down: AtomicBool::new(false),
+        storage_probe: tokio::sync::Mutex::new(()),
     });
     tracing::info!(name = %worker.name, threads, "worker started");
+    tokio::select! {
+        () = worker.release_previous_claims() => {}
+        () = cancel.cancelled() => {}
+    }
     let mut loops = JoinSet::new();
     // Twice as many loops as threads: while one task is transformed, another loop fetches
     // the next input or stores a result, so the cores do not idle during I/O. The semaphore
@@ -148,6 +173,10 @@ struct Worker {
     stop: CancellationToken,
     /// One permit per thread: transforms running at once.
     cpu: tokio::sync::Semaphore,
+    /// Set when no storage instance could be reached: no loop claims until one answers.
+    storage_down: AtomicBool,
+    /// One loop probes the storage at a time; the others wait for its verdict.
+    storage_probe: tokio::sync::Mutex<()>,
 }
 
 fn status_error(what: &str, status: StatusCode, body: &[u8]) -> StepError {
@@ -165,7 +194,10 @@ impl Worker {
         let mut backoff = INITIAL_BACKOFF;
         while !self.stop.is_cancelled() {
             let claim = tokio::select! {
-                claim = self.claim() => claim,
+                claim = async {
+                    self.wait_for_storage().await;
+                    self.claim().await
+                } => claim,
                 () = self.stop.cancelled() => break,
             };
             match claim {
@@ -179,6 +211,86 @@ impl Worker {
                     tokio::select! {
                         () = tokio::time::sleep(shoal_core::backoff::jittered(backoff)) => {}
                         () = self.stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Hands back the claims still held under this worker's name: its previous life died
+    /// holding them. Retries until the master answers (or the worker stops).
+    async fn release_previous_claims(&self) {
+        let mut backoff = INITIAL_BACKOFF;
+        let mut failures = 0u32;
+        loop {
+            let outcome = self
+                .exchange(MASTER_ADDRESS, |c, base| {
+                    c.post(&format!("{base}/releaseWorker"))
+                        .query(&[("worker", self.name.as_str())])
+                })
+                .await;
+            match outcome {
+                Ok((StatusCode::OK, body)) => {
+                    let released: u64 = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
+                    if released > 0 {
+                        tracing::info!(
+                            released,
+                            name = %self.name,
+                            "handed back the tasks this worker held before it stopped"
+                        );
+                    }
+                    return;
+                }
+                Ok((status, body)) if status.is_client_error() => {
+                    tracing::warn!(
+                        %status,
+                        body = %String::from_utf8_lossy(&body),
+                        "the master refused to hand back this worker's earlier claims; they return when their leases run out"
+                    );
+                    return;
+                }
+                Ok((status, _)) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(%status, "cannot hand back earlier claims yet; retrying");
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = ?err, "cannot hand back earlier claims yet; retrying");
+                    }
+                }
+            }
+            tokio::time::sleep(shoal_core::backoff::jittered(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Returns at once while the storage is reachable; after a call found no storage instance,
+    /// waits until one answers ready, so no task is claimed that could not be fetched.
+    async fn wait_for_storage(&self) {
+        if !self.storage_down.load(Ordering::Acquire) {
+            return;
+        }
+        let _probing = self.storage_probe.lock().await;
+        let mut backoff = INITIAL_BACKOFF;
+        let mut logged = false;
+        while self.storage_down.load(Ordering::Acquire) && !self.stop.is_cancelled() {
+            match self.upstream.ready(&[STORAGE_ADDRESS], PROBE_LIMIT).await {
+                Ok(()) => {
+                    self.storage_down.store(false, Ordering::Release);
+                    tracing::info!("the storage answers again; claiming tasks");
+                }
+                Err(reason) => {
+                    if !logged {
+                        tracing::warn!(%reason, "no storage instance answers; not claiming tasks until one does");
+                        logged = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(shoal_core::backoff::jittered(backoff)) => {}
+                        () = self.stop.cancelled() => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -364,11 +476,19 @@ impl Worker {
         key: &'static str,
         build: impl Fn(&HttpClient, &str) -> reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Bytes), StepError> {
-        let response = self
-            .upstream
-            .send(key, build)
-            .await
-            .map_err(|e| StepError::Transient(e.to_string()))?;
+        // Every storage call is a read or a write of the same bytes under the same name, so
+        // it may move to another storage instance after a broken connection.
+        let sent = if key == STORAGE_ADDRESS {
+            self.upstream.send_idempotent(key, build).await
+        } else {
+            self.upstream.send(key, build).await
+        };
+        let response = sent.map_err(|e| {
+            if key == STORAGE_ADDRESS {
+                self.storage_down.store(true, Ordering::Release);
+            }
+            StepError::Transient(e.to_string())
+        })?;
         let status = response.status();
         let body = response
             .bytes()

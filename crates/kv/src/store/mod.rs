@@ -221,6 +221,23 @@ impl State {
             .filter(move |row| row.is_live(now))
     }
 
+    /// The highest revision of any key starting with `prefix`, removals and expiries
+    /// included (while their tombstones are kept): what a watch of the prefix compares.
+    pub fn prefix_revision(&self, prefix: &str) -> u64 {
+        if prefix.is_empty() {
+            return self.revision;
+        }
+        self.entries
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, row)| row.revision)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The store-wide revision.
     pub fn revision(&self) -> u64 {
         self.revision

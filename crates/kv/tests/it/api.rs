@@ -38,6 +38,7 @@ suite!(
     compare_and_set,
     ttl_expires_keys,
     long_poll_watch,
+    prefix_watch,
     restart_keeps_everything,
     concurrent_writes_are_all_acknowledged_and_kept,
     health_metrics_and_request_ids,
@@ -421,6 +422,67 @@ async fn long_poll_watch(storage: &Storage) {
         "shutdown was not held up"
     );
     assert_eq!(watcher.await.expect("join").expect("answered"), 304);
+}
+
+/// `list?prefix=P&wait=…` wakes on any write under the prefix: a set, a removal, an expiry.
+async fn prefix_watch(storage: &Storage) {
+    let kv = storage.start(|_| {}).await;
+    kv.set("svc/m/a", "10.0.0.1:3003").await;
+    let r = kv.get("/list?prefix=svc/m/&format=json").await;
+    let rev = r.revision().expect("revision");
+    // Nothing under the prefix changes: 304 after the wait, other keys notwithstanding.
+    let url = kv.url(&format!(
+        "/list?prefix=svc/m/&format=json&wait=400ms&after={rev}"
+    ));
+    let client = kv.client.clone();
+    let watcher = tokio::spawn(async move {
+        crate::support::Reply::from(client.get(url).send().await.expect("watch")).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kv.set("svc/other/x", "y").await;
+    assert_eq!(watcher.await.expect("join").status, 304);
+    // A new key under the prefix wakes it, with the whole listing.
+    let url = kv.url(&format!(
+        "/list?prefix=svc/m/&format=json&wait=10s&after={rev}"
+    ));
+    let client = kv.client.clone();
+    let watcher = tokio::spawn(async move {
+        crate::support::Reply::from(client.get(url).send().await.expect("watch")).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!watcher.is_finished());
+    kv.post("/set?key=svc/m/b&value=10.0.0.2:3003&ttl=300ms")
+        .await;
+    let r = watcher.await.expect("join");
+    assert_eq!(r.status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let rev = r.revision().expect("revision");
+    // The TTL running out is a change too.
+    let r = kv
+        .get(&format!(
+            "/list?prefix=svc/m/&format=json&wait=10s&after={rev}"
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let rev = r.revision().expect("revision");
+    // So is a removal.
+    let url = kv.url(&format!("/list?prefix=svc/m/&wait=10s&after={rev}"));
+    let client = kv.client.clone();
+    let watcher = tokio::spawn(async move {
+        crate::support::Reply::from(client.get(url).send().await.expect("watch")).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    kv.delete("/remove?key=svc/m/a").await;
+    let r = watcher.await.expect("join");
+    assert_eq!((r.status, r.text().as_str()), (200, ""));
+    // A bad `after` is a 400.
+    kv.get("/list?prefix=svc/&wait=1s&after=x")
+        .await
+        .assert_error(400);
+    kv.stop().await;
 }
 
 async fn restart_keeps_everything(storage: &Storage) {

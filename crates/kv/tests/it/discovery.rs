@@ -15,12 +15,13 @@ fn options(ttl_ms: u64, heartbeat_ms: u64, deadline_ms: u64) -> DiscoveryOptions
         deadline: Duration::from_millis(deadline_ms),
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
+        watch_wait: Duration::from_secs(30),
     }
 }
 
 fn discovery_at(address: &str, opts: DiscoveryOptions) -> Discovery {
     let client = HttpClient::new(ClientOptions::default()).expect("client");
-    Discovery::new(address, client, opts).expect("discovery")
+    Discovery::new(&[address], client, opts).expect("discovery")
 }
 
 fn discovery(kv: &Kv, opts: DiscoveryOptions) -> Discovery {
@@ -110,7 +111,7 @@ async fn stop_does_not_remove_someone_elses_registration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolve_waits_for_a_late_registrant_and_caches() {
+async fn resolve_waits_for_a_late_registrant_and_follows_the_set() {
     let storage = Storage::sqlite();
     let kv = storage.start(|_| {}).await;
     let d = discovery(&kv, options(5000, 1000, 10_000));
@@ -118,21 +119,119 @@ async fn resolve_waits_for_a_late_registrant_and_caches() {
     let pending = tokio::spawn(async move { resolver.resolve("masterAddress").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished());
+    // A registrant that writes only the seed key (the tutorial's own programs) is found.
     kv.set("masterAddress", "127.0.0.1:3003").await;
     let resolved = pending.await.expect("join").expect("resolved");
     assert_eq!(resolved, "http://127.0.0.1:3003");
-    // Cached until invalidated; then the moved service is found (DEFECTS 5).
-    kv.set("masterAddress", "127.0.0.1:4003").await;
-    assert_eq!(
-        d.resolve("masterAddress").await.expect("cached"),
-        "http://127.0.0.1:3003"
-    );
-    d.invalidate("masterAddress");
+    // Instances registering take over from the seed key; the watch sees them at once, with no
+    // invalidation by the caller (DEFECTS 5).
+    kv.set("svc/masterAddress/127.0.0.1:4003", "127.0.0.1:4003")
+        .await;
+    let set = d.instances("masterAddress");
+    wait_until(|| set.members() == ["http://127.0.0.1:4003"]).await;
     assert_eq!(
         d.resolve("masterAddress").await.expect("fresh"),
         "http://127.0.0.1:4003"
     );
     kv.stop().await;
+}
+
+/// Polls `check` every 10 ms for up to 5 s.
+async fn wait_until(check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_is_seen_and_the_seed_key_moves_to_a_live_one() {
+    let storage = Storage::sqlite();
+    let kv = storage.start(|_| {}).await;
+    let a = discovery(&kv, options(5000, 1000, 5000));
+    let b = discovery(&kv, options(5000, 1000, 5000));
+    let client = discovery(&kv, options(5000, 1000, 5000));
+    let ra = a
+        .register("masterAddress", "127.0.0.1:1111", CancellationToken::new())
+        .await
+        .expect("register a");
+    let rb = b
+        .register("masterAddress", "127.0.0.1:2222", CancellationToken::new())
+        .await
+        .expect("register b");
+    let set = client.instances("masterAddress");
+    wait_until(|| set.len() == 2).await;
+    // Requests go round both.
+    let mut picks: Vec<String> = (0..4).filter_map(|_| set.pick(&[])).collect();
+    picks.sort();
+    assert_eq!(
+        picks,
+        [
+            "http://127.0.0.1:1111",
+            "http://127.0.0.1:1111",
+            "http://127.0.0.1:2222",
+            "http://127.0.0.1:2222"
+        ]
+    );
+    // The first registrant holds the seed key; when it stops, the other takes the key over
+    // within moments (it watches the set), so the seed key always names a live instance.
+    assert_eq!(
+        kv.value("masterAddress").await.as_deref(),
+        Some(&b"127.0.0.1:1111"[..])
+    );
+    ra.stop().await;
+    wait_until(|| set.members() == ["http://127.0.0.1:2222"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        if kv.value("masterAddress").await.as_deref() == Some(&b"127.0.0.1:2222"[..]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed key was not taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rb.stop().await;
+    wait_until(|| set.is_empty()).await;
+    assert_eq!(kv.value("masterAddress").await, None);
+    kv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_kv_addresses_any_live_one_serves_and_a_lost_store_keeps_the_last_set() {
+    let storage = Storage::sqlite();
+    let kv = storage.start(|_| {}).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let client = HttpClient::new(ClientOptions::default()).expect("client");
+    let d = Discovery::new(
+        &[dead.as_str(), kv.server.base_url.as_str()],
+        client,
+        options(5000, 1000, 5000),
+    )
+    .expect("discovery");
+    let registration = d
+        .register("storageAddress", "127.0.0.1:3002", CancellationToken::new())
+        .await
+        .expect("register through the live replica");
+    let set = d.instances("storageAddress");
+    wait_until(|| set.len() == 1).await;
+    // Every k/v replica gone: the set keeps what it last saw.
+    kv.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(set.members(), ["http://127.0.0.1:3002"]);
+    assert_eq!(
+        d.resolve("storageAddress").await.expect("last known"),
+        "http://127.0.0.1:3002"
+    );
+    registration.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +245,7 @@ async fn resolve_gives_up_at_the_deadline_with_a_clear_error() {
         .expect_err("nobody registered");
     let text = format!("{err:#}");
     assert!(
-        text.contains("nobodyAddress") && text.contains("not registered"),
+        text.contains("nobodyAddress") && text.contains("no instance registered"),
         "{text}"
     );
     kv.stop().await;
@@ -224,7 +323,8 @@ async fn the_client_sends_the_token() {
         ..ClientOptions::default()
     })
     .expect("client");
-    let with = Discovery::new(&kv.server.base_url, client, options(5000, 1000, 2000)).expect("d");
+    let with =
+        Discovery::new(&[&kv.server.base_url], client, options(5000, 1000, 2000)).expect("d");
     let registration = with
         .register("a", "127.0.0.1:1", CancellationToken::new())
         .await

@@ -41,7 +41,7 @@ impl Storage {
             Self::Sqlite(dir) => Config::with_data_dir(dir.path()),
             Self::Postgres(url) => {
                 let mut config = Config::with_data_dir("/nonexistent-unused");
-                config.common.database_url = Some(shoal_core::config::Secret::new(url.clone()));
+                config.database.database_url = Some(shoal_core::config::Secret::new(url.clone()));
                 config
             }
         }

@@ -75,7 +75,7 @@ impl Storage {
             Self::Sqlite(dir) => Config::with_data_dir(dir.path()),
             Self::Postgres(url) => {
                 let mut c = Config::with_data_dir("/nonexistent-unused");
-                c.common.database_url = Some(shoal_core::config::Secret::new(url.clone()));
+                c.database.database_url = Some(shoal_core::config::Secret::new(url.clone()));
                 c
             }
         };

@@ -177,7 +177,7 @@ impl Job<'_> {
         let body = bytes::Bytes::from(bytes);
         // The public API, which the master and the frontend both serve.
         let created = self
-            .retrying(|| {
+            .retrying_text(|| {
                 self.client
                     .post(&format!("{}/api/v1/tasks", self.server))
                     .query(&query)
@@ -192,7 +192,7 @@ impl Job<'_> {
         let mut state = String::from("queued");
         loop {
             let answer = self
-                .retrying(|| {
+                .retrying_text(|| {
                     self.client
                         .long_poll(
                             reqwest::Method::GET,
@@ -214,21 +214,16 @@ impl Job<'_> {
                 None => bail!("the server's answer is not a task: {answer}"),
             }
         }
-        let response = self
-            .client
-            .get(&format!("{}/api/v1/tasks/{id}/result", self.server))
-            .send()
+        // Retried like every other call: the instance serving the download may die mid-way,
+        // and another one serves it whole.
+        let (headers, data) = self
+            .retrying(|| {
+                self.client
+                    .get(&format!("{}/api/v1/tasks/{id}/result", self.server))
+            })
             .await
             .context("downloading the result")?;
-        if response.status() != StatusCode::OK {
-            let status = response.status();
-            bail!(
-                "{status}: {}",
-                reason(&response.text().await.unwrap_or_default())
-            );
-        }
-        let extension = match response
-            .headers()
+        let extension = match headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
         {
@@ -243,7 +238,6 @@ impl Job<'_> {
         );
         let target = self.out.join(format!("{stem}.{extension}"));
         let temp = self.out.join(format!(".{stem}.{extension}.part"));
-        let data = response.bytes().await.context("downloading the result")?;
         tokio::fs::write(&temp, &data)
             .await
             .with_context(|| format!("cannot write {}", temp.display()))?;
@@ -253,31 +247,38 @@ impl Job<'_> {
         Ok(target)
     }
 
-    /// Sends the request `build` makes until it gets an answer that is not transient; a 2xx
-    /// body is returned, anything else is the error the server gave.
+    /// Sends the request `build` makes until it gets a whole answer that is not transient
+    /// (a connection error, an answer broken off, a 5xx or a 429 are); a 2xx answer's headers
+    /// and body are returned, anything else is the error the server gave.
     async fn retrying(
         &self,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
         let mut pauses = RETRIES.iter();
         loop {
             let transient = match build().send().await {
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = response
-                        .headers()
+                    let headers = response.headers().clone();
+                    let retry_after = headers
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let text = response.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        return Ok(text);
+                    match response.bytes().await {
+                        Ok(body) if status.is_success() => return Ok((headers, body)),
+                        Ok(body)
+                            if !(status.is_server_error()
+                                || status == StatusCode::TOO_MANY_REQUESTS) =>
+                        {
+                            bail!("{}", reason(&String::from_utf8_lossy(&body)));
+                        }
+                        Ok(body) => (
+                            format!("{status}: {}", String::from_utf8_lossy(&body).trim()),
+                            retry_after,
+                        ),
+                        Err(err) => (format!("the answer broke off: {err}"), None),
                     }
-                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                        bail!("{}", reason(&text));
-                    }
-                    (format!("{status}: {}", text.trim()), retry_after)
                 }
                 Err(err) => (err.to_string(), None),
             };
@@ -286,6 +287,15 @@ impl Job<'_> {
             };
             tokio::time::sleep(transient.1.unwrap_or(*pause)).await;
         }
+    }
+
+    /// [`Self::retrying`], for answers that are text.
+    async fn retrying_text(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<String> {
+        let (_, body) = self.retrying(build).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
 

@@ -71,7 +71,7 @@ pub struct Args {
     pub threads: Option<u32>,
 
     /// How long a claimed task stays claimed without a heartbeat.
-    #[arg(long, env = "SHOAL_UP_LEASE", value_parser = shoal_core::config::parse_duration, default_value = "120s")]
+    #[arg(long, env = "SHOAL_UP_LEASE", value_parser = shoal_core::config::parse_duration, default_value = "20s")]
     pub lease: Duration,
 
     /// Log output format.
@@ -102,15 +102,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let kv = shoal_kv::Config::with_data_dir(args.data_dir.join("kv"));
     let mut tasks = shoal_tasks::Config::with_data_dir(args.data_dir.join("tasks"));
-    tasks.common.kv = Some(kv_url.clone());
+    tasks.common.kv = vec![kv_url.clone()];
     tasks.lease = args.lease;
     let mut storage = shoal_storage::Config::with_data_dir(args.data_dir.join("storage"));
-    storage.common.kv = Some(kv_url.clone());
+    storage.common.kv = vec![kv_url.clone()];
     // Storage's object limit and the master's result limit keep their (equal) defaults.
     let master = shoal_master::Config::with_kv(kv_url.clone());
     let mut worker = shoal_worker::Config::with_kv(kv_url.clone());
     worker.threads = args.threads;
     worker.name = Some(EMBEDDED_WORKER.to_owned());
+    worker.data_dir = args.data_dir.join("worker");
     let frontend = shoal_frontend::Config::with_kv(kv_url.clone());
 
     // Started in dependency order and stopped in reverse, so each service deregisters from a
@@ -129,15 +130,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     services.start("master", |stop| {
         shoal_master::run(master, master_listener, stop.cancelled_owned())
     });
-    // The previous run's embedded worker died with it: its claims go back to the queue now
-    // rather than when their leases run out.
-    let released = release_claims(&tasks_url).await?;
-    if released > 0 {
-        tracing::info!(
-            released,
-            "handed back the tasks the previous run was working on"
-        );
-    }
+    // The previous run's embedded worker died with it: the worker hands back the claims still
+    // under its name when it starts, rather than leaving them until their leases run out.
     services.start("worker", |stop| {
         shoal_worker::run(worker, stop.cancelled_owned())
     });
@@ -153,6 +147,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ] {
         println!("{service} listening on {address}");
     }
+    // The page is announced once it works: the frontend is ready when the master is, which is
+    // when the task database and the storage have registered and answer.
+    tokio::select! {
+        ready = wait_ready(&frontend_url) => if let Err(err) = ready {
+            tracing::warn!(error = %format!("{err:#}"), "the pipeline is not ready yet; it may still be starting");
+        },
+        failed = services.first_exit() => {
+            let stopped = services.stop_all().await;
+            return stopped.and(Err(failed));
+        }
+        () = server::shutdown_signal() => return services.stop_all().await,
+    }
     println!("shoal is up: open {frontend_url}/ to upload images. Ctrl-C stops it.");
 
     let result = tokio::select! {
@@ -164,34 +170,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     stopped.and(result)
 }
 
-/// Hands back every claim the embedded worker held, waiting briefly for the task database.
-async fn release_claims(tasks_url: &str) -> anyhow::Result<u64> {
+/// Waits (up to 30 s) for the frontend's `/readyz` to answer 200.
+async fn wait_ready(frontend_url: &str) -> anyhow::Result<()> {
     let client = shoal_core::client::HttpClient::new(Default::default())?;
-    let mut last_error = None;
-    for _ in 0..100 {
-        match client
-            .post(&format!("{tasks_url}/releaseWorker"))
-            .query(&[("worker", EMBEDDED_WORKER)])
-            .send()
-            .await
-        {
-            Ok(response) if response.status().is_success() => {
-                let text = response.text().await?;
-                return Ok(text.trim().parse().unwrap_or(0));
-            }
-            Ok(response) => {
-                last_error = Some(anyhow::anyhow!(
-                    "the task database answered {}",
-                    response.status()
-                ));
-            }
-            Err(err) => last_error = Some(err.into()),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match client.get(&format!("{frontend_url}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = r.text().await.unwrap_or_default(),
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(last_error
-        .unwrap_or_else(|| anyhow::anyhow!("no answer"))
-        .context("handing back the previous run's claims"))
+    anyhow::bail!("{last}")
 }
 
 /// The services of one `shoal up`, in start order.

@@ -11,7 +11,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 /// for its "listening" log line and returns the child and its base URL. Its stderr keeps being
 /// drained so it never blocks on a full pipe.
 pub fn spawn_service(args: &[&str], data_dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .args([
             "--listen",
@@ -22,7 +23,14 @@ pub fn spawn_service(args: &[&str], data_dir: &Path, extra: &[&str]) -> (Child, 
         ])
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    spawn_command(command)
+}
+
+/// Spawns a prepared `shoal` command that logs JSON, waits for its "listening" line and
+/// returns the child and its base URL.
+pub fn spawn_command(mut command: Command) -> (Child, String) {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -85,6 +85,27 @@ impl S3Backend {
     }
 }
 
+/// What a failed S3 call means for the operator, from the error S3 sent (its codes are in
+/// the error's text: object_store passes S3's answer on as it came).
+fn s3_failure(bucket: &str, err: &object_store::Error) -> String {
+    let text = err.to_string();
+    if is_not_found(err) || text.contains("NoSuchBucket") {
+        format!("S3 bucket {bucket} does not exist (or these credentials cannot see it)")
+    } else if [
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "403 Forbidden",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
+    {
+        format!("S3 bucket {bucket}: the credentials were refused")
+    } else {
+        format!("S3 bucket {bucket} cannot be reached")
+    }
+}
+
 fn location(key: ObjectKey) -> Path {
     Path::from(key.name())
 }
@@ -323,11 +344,14 @@ impl Backend for S3Backend {
 
     fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            // Any answer about a key proves the bucket is reachable and the credentials work.
-            match self.store.head(&Path::from(".shoal-readiness")).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(anyhow::Error::from(e).context(format!("S3 bucket {}", self.bucket))),
+            // A listing, not a HEAD of a key: S3 answers a HEAD of a key in a missing bucket
+            // with a bare 404, which reads as "no such key" and hid a missing bucket. A listing
+            // of a prefix that matches nothing is one short request that fails only when the
+            // bucket is missing or the credentials are refused.
+            let probe = Path::from(".shoal-readiness");
+            match self.store.list(Some(&probe)).next().await {
+                None | Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(anyhow::anyhow!("{}: {e}", s3_failure(&self.bucket, &e))),
             }
         })
     }
