@@ -14,18 +14,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${SHOAL_BIN:-target/release/shoal}
+# Full outputs go here too (the summary lines are printed).
+RAW=${SHOAL_BENCH_RAW:-/dev/null}
 WHAT=${1:-all}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$BIN" ] || { echo "no shoal binary at $BIN (cargo build --release)" >&2; exit 1; }
 [ -n "$PGBIN" ] || { echo "PostgreSQL is not installed" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/shoal-scaleout.XXXXXX)
+chmod 755 "$work" # the postgres user must reach its data directory
 pids=()
 pg_pid=
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ -n "$pg_pid" ]; then kill -INT "$pg_pid" 2>/dev/null || true; wait "$pg_pid" 2>/dev/null || true; fi
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # runuser does not pass signals on: stop the server itself.
+  if [ -n "$pg_pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1 || true; wait "$pg_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -62,20 +66,22 @@ start() {
 bench_tasks() {
   echo "== shoal tasks: embedded SQLite (in-process)"
   RUST_LOG=warn "$BIN" bench tasks --concurrency 64 --duration 10s --backlog 10000 --rounds 3 2>/dev/null \
-    | grep -E '^(scenario|median +cycles)'
+    | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   start tasks-1 tasks --database-url "$DB" --data-dir "$work/t1"; T1=$URL
   echo "== shoal tasks: one replica on PostgreSQL"
   RUST_LOG=warn "$BIN" bench tasks --target "$T1" --concurrency 64 --duration 10s --backlog 0 --rounds 3 2>/dev/null \
-    | grep -E '^(scenario|median +cycles)'
+    | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   start tasks-2 tasks --database-url "$DB" --data-dir "$work/t2"; T2=$URL
   echo "== shoal tasks: two replicas on one PostgreSQL"
   RUST_LOG=warn "$BIN" bench tasks --target "$T1,$T2" --concurrency 64 --duration 10s --backlog 0 --rounds 3 2>/dev/null \
-    | grep -E '^(scenario|median +cycles)'
+    | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=()
 }
 
 bench_pipeline() {
-  local schema_db="$DB"
+  # A database of its own: the tasks benchmark left a million tasks in the other one.
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres pipeline
+  local schema_db="postgres://postgres@127.0.0.1:$PG_PORT/pipeline"
   start kv kv --data-dir "$work/kv"; KV=$URL
   start tasks-1 tasks --kv "$KV" --database-url "$schema_db" --data-dir "$work/pt1"
   start storage storage --kv "$KV" --data-dir "$work/storage"
@@ -84,7 +90,7 @@ bench_pipeline() {
   pids+=($!)
   start frontend frontend --kv "$KV"; FRONTEND=$URL
   local extra=()
-  for round in 1 2; do
+  for round in 1 2 3; do
     for shape in one two; do
       if [ "$shape" = two ]; then
         start tasks-2 tasks --kv "$KV" --database-url "$schema_db" --data-dir "$work/pt2"; extra+=("$PID")
@@ -94,8 +100,8 @@ bench_pipeline() {
       sleep 1 # the watches have seen every instance
       echo "== pipeline via the frontend, round $round: $shape master(s) and $shape tasks replica(s)"
       RUST_LOG=warn "$BIN" bench pipeline --target "$FRONTEND" --via frontend --threads 1 \
-        --images 200 --size 512x512 --concurrency 8 --rounds 1 --no-baseline --latency-images 0 2>/dev/null \
-        | grep -E 'images/s' | head -3
+        --images 400 --size 512x512 --concurrency 8 --rounds 1 --no-baseline --latency-images 0 2>/dev/null \
+        | tee -a "$RAW" | grep -E '^median pipeline'
       if [ "$shape" = two ]; then
         kill "${extra[@]}"; wait "${extra[@]}" 2>/dev/null || true; extra=()
       fi

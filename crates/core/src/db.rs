@@ -64,17 +64,20 @@ pub async fn open_sqlite_exclusive(
 /// Connects a pool to PostgreSQL (TLS as the URL's `sslmode` says) whose connections use
 /// `schema`, creates the schema with `create_schema` (a static `CREATE SCHEMA IF NOT EXISTS …`
 /// for that schema) and runs the migrations there. Replicas may start together: the migrator
-/// takes an advisory lock, and a lost race to create the schema is retried.
+/// takes an advisory lock, and a lost race to create the schema is retried. `settings` are
+/// server parameters every connection of the pool sets.
 pub async fn open_postgres(
     url: &str,
     schema: &'static str,
     create_schema: &'static str,
     max_connections: u32,
     migrator: &'static Migrator,
+    settings: &[(&'static str, &'static str)],
 ) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("invalid --database-url")?
-        .options([("search_path", schema)]);
+        .options([("search_path", schema)])
+        .options(settings.iter().copied());
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

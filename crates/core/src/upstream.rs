@@ -169,6 +169,9 @@ impl Upstream {
         let set = self.live_set(key).await?;
         let mut tried: Vec<String> = Vec::new();
         let mut last_failure = String::new();
+        // An instance's own 502/503 says more than a later instance's refused connection: if
+        // no instance does better, that answer is the one passed on.
+        let mut refusal: Option<Response> = None;
         while tried.len() < MAX_TRIES {
             let Some(base) = set.pick(&tried) else {
                 break;
@@ -192,8 +195,8 @@ impl Upstream {
                             .contains_key(reqwest::header::RETRY_AFTER) =>
                 {
                     set.failed(&base);
-                    last_failure = format!("{base} answered {}", response.status());
                     tracing::debug!(service = key, %base, status = %response.status(), "trying another instance");
+                    refusal = Some(response);
                 }
                 Ok(response) => {
                     set.succeeded(&base);
@@ -214,6 +217,9 @@ impl Upstream {
                     )));
                 }
             }
+        }
+        if let Some(response) = refusal {
+            return Ok(response);
         }
         Err(ApiError::Unavailable(format!(
             "{} is unavailable (tried {} instance{}): {last_failure}",

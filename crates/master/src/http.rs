@@ -19,7 +19,6 @@ use shoal_core::error::error_response;
 use shoal_core::query::{Params, canonical_id as parse_id};
 use shoal_core::routes::{get, post};
 use shoal_imaging::{Format, ImageError, Limits, Pipeline};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,10 +27,6 @@ use shoal_core::upstream::{Upstream, stream_through};
 
 /// How long a count of waiting tasks is reused before the task database is asked again.
 const QUEUE_COUNT_TTL: Duration = Duration::from_millis(500);
-
-/// How often a long-polling `isReady` asks the task database, in case the task finished
-/// through another master replica (finishes through this one wake it at once).
-const READY_RECHECK: Duration = Duration::from_secs(1);
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -46,9 +41,6 @@ pub struct AppState {
     pub max_queue: u64,
     /// Longest long poll.
     pub max_wait: Duration,
-    /// The id of every task that finishes or fails through this master, so a long-polling
-    /// `isReady` re-checks only when its own task may have settled.
-    pub settled: broadcast::Sender<u64>,
     /// The last count of waiting tasks and when it was taken.
     pub queue_count: Arc<Mutex<Option<(Instant, u64)>>>,
     /// Fires at shutdown, ending long polls.
@@ -161,26 +153,30 @@ impl AppState {
         Ok(count)
     }
 
-    /// Waits until task `id` may have settled (a settlement through this master, or missed
-    /// ones) or until `recheck`; `false` when the wait should end now (shutting down).
-    async fn wait_for_settlement(
-        &self,
-        settled: &mut broadcast::Receiver<u64>,
-        id: u64,
-        recheck: Instant,
-    ) -> bool {
-        loop {
-            tokio::select! {
-                done = settled.recv() => match done {
-                    Ok(done) if done == id => return true,
-                    Ok(_) => {}
-                    // Missed some: ours may be among them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                },
-                () = tokio::time::sleep_until(recheck) => return true,
-                () = self.shutdown.cancelled() => return false,
+    /// Task `id` once its state is no longer `state` (a long poll of the task database, which
+    /// hears of changes made through any master and on any of its replicas), or as it is when
+    /// `deadline` comes first.
+    async fn task_after(&self, id: u64, state: u64, deadline: Instant) -> Result<Value, ApiError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait_text = format!("{}ms", wait.as_millis());
+        let response = tokio::select! {
+            response = self.upstream.send(DATABASE_ADDRESS, |c, base| {
+                c.long_poll(Method::GET, &format!("{base}/getById"), wait).query(&[
+                    ("id", id.to_string().as_str()),
+                    ("wait", wait_text.as_str()),
+                    ("state", state.to_string().as_str()),
+                ])
+            }) => response?,
+            () = self.shutdown.cancelled() => {
+                return Err(ApiError::Unavailable("the master is shutting down".into()));
             }
+        };
+        let (status, body) = read(response, "the task database").await?;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("task {id} is not JSON: {e}"))),
+            StatusCode::NOT_FOUND => Err(ApiError::not_found(format!("no task with id {id}"))),
+            other => Err(upstream_refused("the task database", other, &body)),
         }
     }
 
@@ -411,13 +407,11 @@ async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'stati
         .parsed("wait", parse_duration)?
         .map(|w| w.min(app.max_wait));
     let deadline = Instant::now() + wait.unwrap_or_default();
-    // Subscribed before the first look, so a settlement between the look and the wait is seen.
-    let mut settled = app.settled.subscribe();
+    let mut task = app
+        .task(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
     loop {
-        let task = app
-            .task(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
         match task["state"].as_u64() {
             Some(2) => return Ok("1"),
             Some(3) => return Err(failed(&task)),
@@ -426,10 +420,13 @@ async fn is_ready(State(app): State<AppState>, params: Params) -> Result<&'stati
         if wait.is_none() || Instant::now() >= deadline {
             return Ok("0");
         }
-        let recheck = (Instant::now() + READY_RECHECK).min(deadline);
-        if !app.wait_for_settlement(&mut settled, id, recheck).await {
-            return Ok("0");
-        }
+        let state = task["state"].as_u64().unwrap_or(0);
+        task = match app.task_after(id, state, deadline).await {
+            Ok(task) => task,
+            // Shutting down: the long poll ends with what is known.
+            Err(_) if app.shutdown.is_cancelled() => return Ok("0"),
+            Err(e) => return Err(e),
+        };
     }
 }
 
@@ -508,10 +505,6 @@ async fn stream_object(
     stream_through(response).map(Some)
 }
 
-/// How often a long-polling task status asks the task database whether a queued task has
-/// started (settlements through this master wake it at once).
-const STATE_RECHECK: Duration = Duration::from_millis(500);
-
 /// `GET /api/v1/tasks/{id}`: the job as clients see it. With `wait=` and `state=`, answers as
 /// soon as the state differs from `state` (or when the wait ends, with the same state), so a
 /// page follows queued → processing → finished with one request per change.
@@ -534,21 +527,19 @@ async fn task_status(
         }
     };
     let deadline = Instant::now() + wait.unwrap_or_default();
-    let mut settled = app.settled.subscribe();
-    let task = loop {
-        let task = app
-            .task(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
-        let unchanged = seen.as_deref() == Some(state_name(&task));
-        if !unchanged || wait.is_none() || Instant::now() >= deadline {
-            break task;
-        }
-        let recheck = (Instant::now() + STATE_RECHECK).min(deadline);
-        if !app.wait_for_settlement(&mut settled, id, recheck).await {
-            break task;
-        }
-    };
+    let mut task = app
+        .task(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+    while wait.is_some() && seen.as_deref() == Some(state_name(&task)) && Instant::now() < deadline
+    {
+        let state = task["state"].as_u64().unwrap_or(0);
+        task = match app.task_after(id, state, deadline).await {
+            Ok(task) => task,
+            Err(_) if app.shutdown.is_cancelled() => break,
+            Err(e) => return Err(e),
+        };
+    }
     let payload = &task["payload"];
     Ok(axum::Json(serde_json::json!({
         "id": id,
@@ -618,12 +609,6 @@ async fn pass_through(
     Ok(out)
 }
 
-/// The task id a worker's report names (the task database validates it).
-fn settled_id(query: Option<&str>) -> Option<u64> {
-    let params = Params::parse(query.unwrap_or("")).ok()?;
-    parse_id(params.text("id").ok()??).ok()
-}
-
 /// `POST /getNewTask`: a worker claims a task (long-poll with `wait=`).
 async fn get_new_task(
     State(app): State<AppState>,
@@ -641,14 +626,7 @@ async fn register_task_finished(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let id = settled_id(query.as_deref());
-    let response = pass_through(&app, "/finishTask", query, None).await?;
-    if response.status() == StatusCode::OK
-        && let Some(id) = id
-    {
-        let _ = app.settled.send(id);
-    }
-    Ok(response)
+    pass_through(&app, "/finishTask", query, None).await
 }
 
 /// `POST /failTask`: a worker gives up on a task (with `retry=true`, back to the queue).
@@ -656,14 +634,7 @@ async fn fail_task(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let id = settled_id(query.as_deref());
-    let response = pass_through(&app, "/failTask", query, None).await?;
-    if response.status() == StatusCode::OK
-        && let Some(id) = id
-    {
-        let _ = app.settled.send(id);
-    }
-    Ok(response)
+    pass_through(&app, "/failTask", query, None).await
 }
 
 /// `POST /extendLease`: a worker on a long job keeps its claim.

@@ -69,7 +69,6 @@ pub async fn run(
         max_result: config.max_result,
         max_queue: config.max_queue,
         max_wait: config.max_wait,
-        settled: tokio::sync::broadcast::channel(1024).0,
         queue_count: Arc::default(),
         shutdown: cancel.clone(),
     };

@@ -367,8 +367,9 @@ impl Store {
     /// Connects to PostgreSQL, creating and migrating the `shoal_multicast` schema. One hub
     /// per database: a second hub would deliver every message twice, so it is refused.
     pub async fn open_postgres(url: &str) -> anyhow::Result<Self> {
-        let pool = shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 4, &POSTGRES_MIGRATOR)
-            .await?;
+        let pool =
+            shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 4, &POSTGRES_MIGRATOR, &[])
+                .await?;
         // Held for the life of the hub: the session lock goes when this connection does.
         let mut lock = pool.acquire().await?.detach();
         let (locked,): (bool,) =

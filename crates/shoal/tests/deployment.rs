@@ -577,4 +577,29 @@ async fn a_replicated_deployment_shares_load_and_survives_losing_one_of_each() {
         after_kill.as_secs_f64(),
         bound.as_secs_f64()
     );
+
+    // PostgreSQL goes away: readiness says so all the way to the frontend (which a load
+    // balancer asks), naming the cause, instead of "ready" while uploads fail.
+    drop(pg);
+    let started = Instant::now();
+    let reason = loop {
+        let r = http
+            .get(format!("{}/readyz", base("frontend")))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status() == 503 {
+            break r.text().await.expect("text");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the frontend stayed ready without a database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "without PostgreSQL the frontend was not ready after {:.1} s: {reason}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(reason.contains("database"), "{reason}");
 }

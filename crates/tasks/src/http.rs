@@ -169,11 +169,43 @@ async fn new_task(
     }
 }
 
+/// `GET /getById?id=N`; with `wait=D` and `state=S`, a long poll: answers once the task's
+/// state is not `S` (on whichever replica it changed), or when the wait ends.
 async fn get_by_id(State(app): State<AppState>, params: Params) -> Result<Response, ApiError> {
     let id = id_param(&params)?;
-    match app.queue.get(id).await.map_err(ApiError::Internal)? {
-        Some(task) => Ok(json(&task)),
-        None => Err(ApiError::NotFound(format!("no task with id {id}"))),
+    let wait = params.parsed("wait", parse_duration)?;
+    let seen = params.parsed("state", |v| {
+        v.parse::<i64>()
+            .ok()
+            .and_then(TaskState::from_code)
+            .ok_or_else(|| "expected a state: 0, 1, 2 or 3".to_owned())
+    })?;
+    let deadline = Instant::now() + wait.unwrap_or_default().min(app.max_wait);
+    // Subscribed before the first look, so a change between the look and the wait is seen.
+    let mut changes = app.queue.changes();
+    loop {
+        let task = app
+            .queue
+            .get(id)
+            .await
+            .map_err(ApiError::Internal)?
+            .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
+        if wait.is_none() || seen != Some(task.state) {
+            return Ok(json(&task));
+        }
+        // Waits for a change that may concern this task.
+        loop {
+            tokio::select! {
+                changed = changes.recv() => match changed {
+                    Ok(ids) if ids.is_empty() || ids.contains(&id) => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(json(&task)),
+                },
+                () = tokio::time::sleep_until(deadline) => return Ok(json(&task)),
+                () = app.shutdown.cancelled() => return Ok(json(&task)),
+            }
+        }
     }
 }
 

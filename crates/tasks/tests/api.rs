@@ -1,6 +1,6 @@
 //! `shoal tasks` over HTTP, on the embedded SQLite store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -626,6 +626,63 @@ async fn two_replicas_claim_each_task_exactly_once() {
     )
     .await;
     assert_eq!(seen.len() as u64, TASKS);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two replicas creating at once, many with the same idempotency keys: each key is one task,
+/// and the ids are consecutive from 0 with no gap, whichever replica made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_two_replicas_keep_keys_unique_and_ids_consecutive() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let a = Tasks::start(&storage, |_| {}).await;
+    let b = Tasks::start(&storage, |_| {}).await;
+    const KEYS: usize = 100;
+    let create = async |base: String, key: Option<String>| {
+        let mut request = a.client.post(format!("{base}/newTask"));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let r = request.send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("body").parse::<u64>().expect("id")
+    };
+    // Every key sent four times, twice to each replica, interleaved with keyless creates.
+    let mut calls = Vec::new();
+    for round in 0..4 {
+        for k in 0..KEYS {
+            let base = if (k + round) % 2 == 0 { &a } else { &b };
+            calls.push(create(
+                base.server.base_url.clone(),
+                Some(format!("key-{k}")),
+            ));
+        }
+        for _ in 0..25 {
+            calls.push(create(a.server.base_url.clone(), None));
+            calls.push(create(b.server.base_url.clone(), None));
+        }
+    }
+    let ids = futures::future::join_all(calls).await;
+    let mut by_key: HashMap<usize, u64> = HashMap::new();
+    let mut all: Vec<u64> = Vec::new();
+    let mut i = 0;
+    for _round in 0..4 {
+        for k in 0..KEYS {
+            let id = ids[i];
+            i += 1;
+            assert_eq!(*by_key.entry(k).or_insert(id), id, "key-{k} made two tasks");
+        }
+        for _ in 0..50 {
+            all.push(ids[i]);
+            i += 1;
+        }
+    }
+    all.extend(by_key.values());
+    all.sort_unstable();
+    let expected: Vec<u64> = (0..(KEYS + 200) as u64).collect();
+    assert_eq!(all, expected, "ids are consecutive from 0, each once");
     a.stop().await;
     b.stop().await;
 }

@@ -47,7 +47,8 @@ impl PostgresBackend {
     /// Connects (TLS as the URL's `sslmode` says), creates the schema if needed and brings it up
     /// to date. Concurrent replicas may start together: migrations take an advisory lock.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let pool = shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 8, &MIGRATOR).await?;
+        let pool =
+            shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 8, &MIGRATOR, &[]).await?;
         Ok(Self { pool })
     }
 

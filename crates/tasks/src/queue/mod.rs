@@ -4,12 +4,12 @@
 //! On both, every change goes through this replica's writer task, which applies whatever
 //! operations are waiting in one transaction (group commit: one fsync per batch) and answers
 //! only after the commit, so an acknowledged transition is durable. On PostgreSQL several
-//! replicas write at once: claims take the oldest ready row `FOR UPDATE SKIP LOCKED`, so
-//! claimers on any replica never get the same task; creates lock the id counter row, so ids
-//! stay consecutive across replicas (a batch holds it for one transaction, not one per task);
-//! commits that make tasks ready send a `NOTIFY` that wakes long polls on every replica. Within
-//! a batch, operations take their locks in one order (the counter, then tasks by id, then
-//! claims), and a batch that still meets a deadlock with another replica's is retried whole. Each operation reads the task, asks [`crate::state::decide`] what the action
+//! replicas write at once, and a batch is a few set-based statements ([`pg_batch`]): claims
+//! take the oldest ready rows `FOR UPDATE SKIP LOCKED`, so claimers on any replica never get
+//! the same task; creates lock the id counter row, so ids stay consecutive across replicas (a
+//! batch holds it from its creates to its commit); commits that make tasks ready send a
+//! `NOTIFY` that wakes long polls on every replica. A batch that meets a deadlock with another
+//! replica's is retried whole. Each operation reads the task, asks [`crate::state::decide`] what the action
 //! does, and writes the result: one decision function for every route. Expired leases are
 //! returned at claim time (and by a once-a-second sweep, for visibility), never by a sleeping
 //! task per claim.
@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
+
+mod pg_batch;
 
 use crate::state::{self, Action, Effect, State};
 use crate::task::Task;
@@ -33,6 +35,15 @@ pub const SCHEMA: &str = "shoal_tasks";
 const CREATE_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS shoal_tasks";
 /// Notified when tasks may have become ready, so long polls on every replica wake up.
 const READY_CHANNEL: &str = "shoal_tasks_ready";
+/// Notified with the ids of the tasks whose state changed (comma-separated; empty when too
+/// many to list), so long polls on a task wake on every replica.
+const CHANGED_CHANNEL: &str = "shoal_tasks_changed";
+/// Longest `NOTIFY` payload PostgreSQL accepts is 8000 bytes; beyond this, "some tasks".
+const MAX_CHANGED_PAYLOAD: usize = 7900;
+
+/// The ids of tasks whose state changed in one commit; empty when unknown (missed
+/// notifications, a listing too long), which means "look again".
+pub type Changed = Arc<[u64]>;
 
 /// Timing and limits of the queue.
 #[derive(Clone, Debug)]
@@ -150,7 +161,10 @@ struct Shared {
     backend: Backend,
     commands: mpsc::Sender<(Op, Reply)>,
     ready: watch::Sender<u64>,
+    changes: broadcast::Sender<Changed>,
     limits: Limits,
+    /// When a PostgreSQL batch last settled expired leases (unix ms).
+    last_expiry: std::sync::atomic::AtomicI64,
 }
 
 /// A cheap-to-clone handle on the queue.
@@ -194,7 +208,9 @@ impl Queue {
             backend: Backend::Sqlite(Mutex::new(conn)),
             commands,
             ready,
+            changes: broadcast::channel(1024).0,
             limits,
+            last_expiry: std::sync::atomic::AtomicI64::new(0),
         });
         tokio::spawn(writer(Arc::downgrade(&shared), receiver));
         Ok(Self { shared })
@@ -203,16 +219,31 @@ impl Queue {
     /// Connects to PostgreSQL (schema `shoal_tasks`), which any number of replicas may share,
     /// and starts this replica's expiry sweep and readiness listener.
     pub async fn open_postgres(url: &str, limits: Limits) -> anyhow::Result<Self> {
-        let pool =
-            shoal_core::db::open_postgres(url, SCHEMA, CREATE_SCHEMA, 16, &POSTGRES_MIGRATOR)
-                .await?;
+        let pool = shoal_core::db::open_postgres(
+            url,
+            SCHEMA,
+            CREATE_SCHEMA,
+            16,
+            &POSTGRES_MIGRATOR,
+            &[
+                // Every statement of the queue is meant to use an index (claims, expiries and
+                // transitions touch a handful of rows of a table that only grows). The table
+                // starts empty, and a plan made then (a sequential scan, cheapest on an empty
+                // table) stayed cached on the connection until an ANALYZE, so a fresh task
+                // database scanned its whole table for every batch until autovacuum came by.
+                ("enable_seqscan", "off"),
+            ],
+        )
+        .await?;
         let (ready, _) = watch::channel(0);
         let (commands, receiver) = mpsc::channel(MAX_BATCH);
         let shared = Arc::new(Shared {
             backend: Backend::Postgres(pool.clone()),
             commands,
             ready,
+            changes: broadcast::channel(1024).0,
             limits,
+            last_expiry: std::sync::atomic::AtomicI64::new(0),
         });
         tokio::spawn(writer(Arc::downgrade(&shared), receiver));
         tokio::spawn(postgres_sweeper(Arc::downgrade(&shared)));
@@ -260,6 +291,11 @@ impl Queue {
         self.shared.ready.subscribe()
     }
 
+    /// The ids of tasks whose state changed, commit by commit, on any replica.
+    pub fn changes(&self) -> broadcast::Receiver<Changed> {
+        self.shared.changes.subscribe()
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
         match &self.shared.backend {
@@ -287,47 +323,49 @@ async fn postgres_sweeper(shared: std::sync::Weak<Shared>) {
         let Backend::Postgres(pool) = &shared.backend else {
             return;
         };
-        let mut work = Work {
-            limits: &shared.limits,
-            now: now_ms(),
-            ready_changed: false,
-        };
+        let mut work = Work::new(&shared.limits);
         let result = async {
             let mut tx = pool.begin().await?;
             postgres_queries::expire(&mut work, &mut tx).await?;
-            if work.ready_changed {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(READY_CHANNEL)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            announce(&mut tx, &work).await?;
             tx.commit().await
         }
         .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "expiry sweep failed; will retry");
+        match result {
+            Ok(()) => publish(&shared, work.ready_changed, work.changed),
+            Err(err) => tracing::warn!(error = %err, "expiry sweep failed; will retry"),
         }
     }
 }
 
-/// Wakes this replica's long polls when any replica makes tasks ready (and every few seconds,
-/// in case a notification was missed while reconnecting).
+/// Wakes this replica's long polls when any replica makes tasks ready or changes a task's
+/// state (and every few seconds, in case a notification was missed while reconnecting).
 async fn postgres_listener(shared: std::sync::Weak<Shared>, pool: PgPool) {
     let mut listener: Option<PgListener> = None;
     loop {
+        let mut missed = false;
         if listener.is_none() {
             match PgListener::connect_with(&pool).await {
                 Ok(mut l) => {
-                    if l.listen(READY_CHANNEL).await.is_ok() {
+                    if l.listen_all([READY_CHANNEL, CHANGED_CHANNEL]).await.is_ok() {
                         listener = Some(l);
+                        // Whatever happened while not listening is unknown.
+                        missed = true;
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "cannot LISTEN for ready tasks"),
+                Err(err) => tracing::warn!(error = %err, "cannot LISTEN for task changes"),
             }
         }
+        let mut changed: Option<Changed> = None;
+        let mut ready = true;
         match listener.as_mut() {
             Some(l) => match tokio::time::timeout(Duration::from_secs(2), l.try_recv()).await {
-                Ok(Ok(Some(_))) | Ok(Ok(None)) | Err(_) => {}
+                Ok(Ok(Some(notification))) if notification.channel() == CHANGED_CHANNEL => {
+                    ready = false;
+                    changed = Some(parse_changed(notification.payload()));
+                }
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None)) => missed = true,
                 Ok(Err(_)) => listener = None,
             },
             None => tokio::time::sleep(Duration::from_secs(1)).await,
@@ -335,7 +373,75 @@ async fn postgres_listener(shared: std::sync::Weak<Shared>, pool: PgPool) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if ready {
+            shared.ready.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        if missed {
+            changed = Some(Arc::from([]));
+        }
+        if let Some(changed) = changed {
+            let _ = shared.changes.send(changed);
+        }
+    }
+}
+
+/// The ids of a change notification; empty (unknown) when malformed or left out.
+fn parse_changed(payload: &str) -> Changed {
+    let ids: Option<Vec<u64>> = payload.split(',').map(|id| id.parse().ok()).collect();
+    Arc::from(ids.unwrap_or_default())
+}
+
+/// Tells the other replicas, in the transaction (so only if it commits), that tasks became
+/// ready and which tasks changed state.
+async fn announce(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    work: &Work<'_>,
+) -> Result<(), sqlx::Error> {
+    if work.changed.is_empty() {
+        if work.ready_changed {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(READY_CHANNEL)
+                .execute(&mut **tx)
+                .await?;
+        }
+        return Ok(());
+    }
+    let mut payload = String::new();
+    for id in &work.changed {
+        if payload.len() > MAX_CHANGED_PAYLOAD {
+            payload.clear();
+            break;
+        }
+        if !payload.is_empty() {
+            payload.push(',');
+        }
+        payload.push_str(&id.to_string());
+    }
+    let channel = if work.ready_changed {
+        READY_CHANNEL
+    } else {
+        ""
+    };
+    // One statement for both notifications; an empty channel name notifies nobody, so it is
+    // skipped with a CASE rather than sent.
+    sqlx::query("SELECT CASE WHEN $1 <> '' THEN pg_notify($1, '') END, pg_notify($2, $3)")
+        .bind(channel)
+        .bind(CHANGED_CHANNEL)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Wakes this replica's waiters after a commit: claimers when tasks became ready, and long
+/// polls on the tasks that changed. (On PostgreSQL the notification wakes them too, a moment
+/// later; a second look changes nothing.)
+fn publish(shared: &Shared, ready_changed: bool, changed: Vec<u64>) {
+    if ready_changed {
         shared.ready.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    if !changed.is_empty() {
+        let _ = shared.changes.send(Arc::from(changed));
     }
 }
 
@@ -367,15 +473,16 @@ async fn writer(shared: std::sync::Weak<Shared>, mut commands: mpsc::Receiver<(O
 /// Applies a batch in one transaction; answers after the commit.
 async fn process(shared: &Shared, batch: Vec<(Op, Reply)>) {
     let (ops, replies): (Vec<Op>, Vec<Reply>) = batch.into_iter().unzip();
+    let started = std::time::Instant::now();
+    metrics::histogram!("shoal_tasks_batch_operations").record(ops.len() as f64);
     let result = match &shared.backend {
         Backend::Sqlite(conn) => process_sqlite(shared, conn, ops).await,
         Backend::Postgres(pool) => process_postgres(shared, pool, ops).await,
     };
+    metrics::histogram!("shoal_tasks_batch_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Ok((outcomes, ready_changed)) => {
-            if ready_changed {
-                shared.ready.send_modify(|v| *v = v.wrapping_add(1));
-            }
+        Ok((outcomes, ready_changed, changed)) => {
+            publish(shared, ready_changed, changed);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
@@ -395,12 +502,8 @@ async fn process_sqlite(
     shared: &Shared,
     conn: &Mutex<SqliteConnection>,
     ops: Vec<Op>,
-) -> Result<(Outcomes, bool), sqlx::Error> {
-    let mut work = Work {
-        limits: &shared.limits,
-        now: now_ms(),
-        ready_changed: false,
-    };
+) -> Result<(Outcomes, bool, Vec<u64>), sqlx::Error> {
+    let mut work = Work::new(&shared.limits);
     let mut conn = conn.lock().await;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     // Leases and holds that ran out are settled before anything else is decided.
@@ -410,60 +513,32 @@ async fn process_sqlite(
         outcomes.push(sqlite_queries::apply(&mut work, &mut tx, op).await?);
     }
     tx.commit().await?;
-    Ok((outcomes, work.ready_changed))
+    Ok((outcomes, work.ready_changed, work.changed))
 }
 
 /// Times a batch that met a deadlock with another replica's is tried again.
 const POSTGRES_BATCH_TRIES: u32 = 4;
 
-/// Where an operation goes in a PostgreSQL batch: the id counter first (creates), then the
-/// expiry sweep and the tasks named by id in id order, then claims (which skip locked rows and
-/// so never wait). One lock order for every replica leaves few deadlocks to retry.
-fn lock_rank(op: &Op) -> (u8, u64) {
-    match op {
-        Op::Create { .. } => (0, 0),
-        Op::Act { id, .. } | Op::Set { id, .. } => (1, *id),
-        Op::ReleaseWorker { .. } => (2, 0),
-        Op::Claim { .. } => (3, 0),
-    }
-}
-
 async fn process_postgres(
     shared: &Shared,
     pool: &PgPool,
     ops: Vec<Op>,
-) -> Result<(Outcomes, bool), sqlx::Error> {
-    let mut order: Vec<usize> = (0..ops.len()).collect();
-    order.sort_by_key(|&i| lock_rank(&ops[i]));
-    let claims = ops.iter().any(|op| matches!(op, Op::Claim { .. }));
+) -> Result<(Outcomes, bool, Vec<u64>), sqlx::Error> {
     let mut tries = 0;
     loop {
         tries += 1;
-        let mut work = Work {
-            limits: &shared.limits,
-            now: now_ms(),
-            ready_changed: false,
-        };
+        let mut work = Work::new(&shared.limits);
+        // Claims settle expired leases at most every EXPIRY_EVERY (and the sweep every second),
+        // not in every batch: two statements saved per batch, a lease returned at most that
+        // much later.
+        let last = shared
+            .last_expiry
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let expire = work.now.saturating_sub(last) >= millis(EXPIRY_EVERY);
         let attempt: Result<Outcomes, sqlx::Error> = async {
             let mut tx = pool.begin().await?;
-            let mut outcomes: Vec<Option<Result<Outcome, QueueError>>> =
-                (0..ops.len()).map(|_| None).collect();
-            let mut expired = false;
-            for &i in &order {
-                if claims && !expired && lock_rank(&ops[i]).0 > 0 {
-                    // A claim must see the tasks whose leases ran out as ready again.
-                    postgres_queries::expire(&mut work, &mut tx).await?;
-                    expired = true;
-                }
-                outcomes[i] =
-                    Some(postgres_queries::apply(&mut work, &mut tx, ops[i].clone()).await?);
-            }
-            if work.ready_changed {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(READY_CHANNEL)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let outcomes = pg_batch::apply(&mut work, &mut tx, &ops, expire).await?;
+            announce(&mut tx, &work).await?;
             tx.commit().await?;
             Ok(outcomes
                 .into_iter()
@@ -472,8 +547,15 @@ async fn process_postgres(
         }
         .await;
         match attempt {
-            Ok(outcomes) => return Ok((outcomes, work.ready_changed)),
-            Err(err) if tries < POSTGRES_BATCH_TRIES && is_lock_conflict(&err) => {
+            Ok(outcomes) => {
+                if expire && ops.iter().any(|op| matches!(op, Op::Claim { .. })) {
+                    shared
+                        .last_expiry
+                        .store(work.now, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok((outcomes, work.ready_changed, work.changed));
+            }
+            Err(err) if tries < POSTGRES_BATCH_TRIES && is_retryable(&err) => {
                 metrics::counter!("shoal_tasks_batch_retries_total").increment(1);
                 tracing::debug!(error = %err, tries, "batch met another replica's; retrying");
             }
@@ -482,15 +564,34 @@ async fn process_postgres(
     }
 }
 
-/// A deadlock or serialization failure: nothing was written, and trying again can succeed.
-fn is_lock_conflict(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+/// A deadlock or serialization failure, or a create that met another replica's create with
+/// the same idempotency key (unique violation): nothing was written, and trying again
+/// succeeds (the retry finds the other replica's task).
+fn is_retryable(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("40P01" | "40001" | "23505")))
 }
+
+/// How often PostgreSQL batches with claims settle expired leases.
+const EXPIRY_EVERY: Duration = Duration::from_millis(250);
 
 struct Work<'a> {
     limits: &'a Limits,
     now: i64,
     ready_changed: bool,
+    /// Tasks whose state changed.
+    changed: Vec<u64>,
+}
+
+impl<'a> Work<'a> {
+    fn new(limits: &'a Limits) -> Self {
+        Self {
+            limits,
+            now: now_ms(),
+            ready_changed: false,
+            changed: Vec::new(),
+        }
+    }
 }
 
 /// A caller that names a claim must hold the current one: a slow worker whose lease ran out
@@ -511,6 +612,7 @@ impl Work<'_> {
         match effect {
             Effect::Nothing => {}
             Effect::Claimed => {
+                self.changed.push(task.id);
                 task.state = State::InProgress;
                 task.attempts = task.attempts.saturating_add(1);
                 task.lease = Some(format!(
@@ -525,6 +627,7 @@ impl Work<'_> {
                 task.lease_expires_at = Some(self.now.saturating_add(millis(self.limits.lease)));
             }
             Effect::MovesTo { state, error } => {
+                self.changed.push(task.id);
                 task.state = state;
                 task.held = false;
                 task.lease = None;
@@ -581,7 +684,7 @@ macro_rules! queries {
         const SELECT_NEXT_ID: &str =
             concat!("SELECT next_id FROM tasks_meta WHERE id = 1", $meta_lock);
 
-        fn row_to_task(row: &$row) -> Task {
+        pub(super) fn row_to_task(row: &$row) -> Task {
             Task {
                 id: row.get::<i64, _>(0).max(0).cast_unsigned(),
                 state: State::from_code(row.get(1)).unwrap_or(State::Failed),
@@ -629,10 +732,18 @@ macro_rules! queries {
             tx: &mut Transaction<'_, $db>,
         ) -> Result<(), sqlx::Error> {
             if let Some(retention) = work.limits.retention {
-                sqlx::query("DELETE FROM tasks WHERE state IN (2, 3) AND updated_at < $1")
+                let deleted = sqlx::query("DELETE FROM tasks WHERE state IN (2, 3) AND updated_at < $1")
                     .bind(work.now.saturating_sub(millis(retention)))
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if deleted > 0 {
+                    // Kept for the counts (see `stats`).
+                    sqlx::query("UPDATE tasks_meta SET deleted = deleted + $1 WHERE id = 1")
+                        .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
             for (query, action) in [
                 (SELECT_EXPIRED_LEASES, Action::LeaseExpired),
@@ -813,26 +924,36 @@ macro_rules! queries {
             Ok(())
         }
 
-        /// Tasks per state; held tasks apart (they are not waiting for a worker).
+        /// Tasks per state; held tasks apart (they are not waiting for a worker). Each count
+        /// but the finished one reads a small partial index; finished tasks are the rest of
+        /// every id made (less those retention deleted), so counting stays cheap however many
+        /// there are. One statement, so one snapshot.
         pub(super) async fn stats<'e, E>(executor: E) -> Result<Stats, sqlx::Error>
         where
             E: sqlx::Executor<'e, Database = $db>,
         {
-            let rows = sqlx::query("SELECT state, held, COUNT(*) FROM tasks GROUP BY state, held")
-                .fetch_all(executor)
-                .await?;
-            let mut stats = Stats::default();
-            for row in &rows {
-                let count = row.get::<i64, _>(2).max(0).cast_unsigned();
-                match (row.get::<i64, _>(0), row.get::<i64, _>(1) != 0) {
-                    (0, true) => stats.held += count,
-                    (0, false) => stats.not_started += count,
-                    (1, _) => stats.in_progress += count,
-                    (2, _) => stats.finished += count,
-                    _ => stats.failed += count,
-                }
-            }
-            Ok(stats)
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM tasks WHERE state = 0 AND held = 0), \
+                 (SELECT COUNT(*) FROM tasks WHERE state = 0 AND held = 1), \
+                 (SELECT COUNT(*) FROM tasks WHERE state = 1), \
+                 (SELECT COUNT(*) FROM tasks WHERE state = 3), \
+                 (SELECT next_id - deleted FROM tasks_meta WHERE id = 1)",
+            )
+            .fetch_one(executor)
+            .await?;
+            let count = |i: usize| row.get::<i64, _>(i).max(0).cast_unsigned();
+            let stats = Stats {
+                not_started: count(0),
+                held: count(1),
+                in_progress: count(2),
+                failed: count(3),
+                finished: 0,
+            };
+            let others = stats.not_started + stats.held + stats.in_progress + stats.failed;
+            Ok(Stats {
+                finished: count(4).saturating_sub(others),
+                ..stats
+            })
         }
     };
 }
