@@ -118,13 +118,6 @@ impl Upstream {
         self.discovery.as_ref().map(|d| d.instances(key))
     }
 
-    /// The base URL (`http://host:port`) of the service's next instance in turn, waiting a
-    /// little for one to register.
-    pub async fn base(&self, key: &'static str) -> Result<String, ApiError> {
-        let set = self.live_set(key).await?;
-        set.pick(&[]).ok_or_else(|| no_instance(key))
-    }
-
     async fn live_set(&self, key: &'static str) -> Result<Arc<InstanceSet>, ApiError> {
         let Some(set) = self.instances(key) else {
             return Err(ApiError::Unavailable(format!(

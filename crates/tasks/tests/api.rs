@@ -687,6 +687,60 @@ async fn concurrent_creates_on_two_replicas_keep_keys_unique_and_ids_consecutive
     b.stop().await;
 }
 
+/// `getById?wait=&state=` on one replica wakes when the task changes on another; it answers
+/// at once when the state already differs; a bad `state` is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_long_poll_on_one_replica_sees_a_change_on_another() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let a = Tasks::start(&storage, |_| {}).await;
+    let b = Tasks::start(&storage, |_| {}).await;
+    let id = a.new_task().await;
+    for bad in ["9", "-1", "x", ""] {
+        let (status, body) = a
+            .call(
+                Method::GET,
+                &format!("/getById?id={id}&wait=1s&state={bad}"),
+            )
+            .await;
+        assert_eq!(status, 400, "state={bad}: {body}");
+    }
+    // Already not in state 1: answered at once.
+    let started = Instant::now();
+    let (status, body) = a
+        .call(Method::GET, &format!("/getById?id={id}&wait=10s&state=1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let client = a.client.clone();
+    let url = a.server.url(&format!("/getById?id={id}&wait=10s&state=0"));
+    let started = Instant::now();
+    let waiter =
+        tokio::spawn(async move { client.get(url).send().await.expect("send").text().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "no change yet");
+    let claimed = b.claim().await.expect("a task to claim");
+    assert_eq!(claimed["id"], id);
+    let task: Value =
+        serde_json::from_str(&waiter.await.expect("join").expect("body")).expect("json");
+    assert_eq!(task["state"], 1, "{task}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing changes: the wait ends with the task as it is.
+    let started = Instant::now();
+    let (status, body) = a
+        .call(Method::GET, &format!("/getById?id={id}&wait=300ms&state=1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A long poll on one replica wakes for a task created on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_on_one_replica_sees_a_task_created_on_another() {

@@ -33,7 +33,6 @@ pub struct InstanceSet {
     members: watch::Sender<Vec<String>>,
     next: AtomicUsize,
     ejected: Mutex<HashMap<String, Ejection>>,
-    fixed: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +49,6 @@ impl InstanceSet {
             members: watch::channel(Vec::new()).0,
             next: AtomicUsize::new(0),
             ejected: Mutex::default(),
-            fixed: false,
         }
     }
 
@@ -61,18 +59,7 @@ impl InstanceSet {
             members: watch::channel(urls).0,
             next: AtomicUsize::new(0),
             ejected: Mutex::default(),
-            fixed: true,
         }
-    }
-
-    /// The discovery key of the service.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Whether the set comes from the command line rather than the k/v store.
-    pub fn is_fixed(&self) -> bool {
-        self.fixed
     }
 
     /// The base URLs of the instances, sorted.

@@ -169,11 +169,6 @@ impl Discovery {
         })
     }
 
-    /// The k/v replicas' base URLs.
-    pub fn kv_urls(&self) -> &[String] {
-        &self.inner.kv.urls
-    }
-
     /// The options this handle was made with.
     pub fn options(&self) -> &DiscoveryOptions {
         &self.inner.kv.options
