@@ -630,6 +630,35 @@ async fn two_replicas_claim_each_task_exactly_once() {
     b.stop().await;
 }
 
+/// The server ends every connection of the replica (as a restart or a failover of PostgreSQL
+/// does): the next operations are answered, not failed, and ids go on from where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_go_on_after_the_server_drops_the_connections() {
+    let Some(storage) = Storage::postgres() else {
+        return;
+    };
+    let Storage::Postgres(url) = &storage else {
+        unreachable!()
+    };
+    let pg = PG.get().and_then(Option::as_ref).expect("server");
+    let t = Tasks::start(&storage, |_| {}).await;
+    assert_eq!(t.new_task().await, 0);
+    pg.psql(
+        url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .expect("terminate");
+    assert_eq!(
+        t.new_task().await,
+        1,
+        "answered after the connections were lost"
+    );
+    let claimed = t.claim().await.expect("a task to claim");
+    assert_eq!(claimed["id"], 0);
+    t.stop().await;
+}
+
 /// Two replicas creating at once, many with the same idempotency keys: each key is one task,
 /// and the ids are consecutive from 0 with no gap, whichever replica made them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

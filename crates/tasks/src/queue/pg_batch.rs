@@ -1,94 +1,177 @@
-//! A batch of operations on PostgreSQL in a handful of statements, whatever its size.
+//! A batch of operations on PostgreSQL in four round trips, whatever its size.
 //!
-//! Applying a batch one operation at a time costs two to four round trips per operation
-//! inside the transaction, which made a batch of 64 operations take longer than its commit.
-//! Here each kind of operation is one set-based step, in this lock order (so batches of
-//! different replicas rarely wait on each other and never wait in a cycle):
+//! Applying a batch one operation at a time cost two to four round trips per operation inside
+//! the transaction, and even one set-based statement per kind of operation left a batch of ten
+//! round trips, most of its time spent waiting on the loopback. Here a batch is `BEGIN`, one
+//! statement that reads, one that writes, and `COMMIT`:
 //!
-//! 1. operations on named tasks (finish, fail, extend, release, cancel, setById): their rows
-//!    are locked in id order in one `SELECT … WHERE id = ANY(…) ORDER BY id FOR UPDATE`,
-//!    decided in memory in the order the operations came ([`crate::state::decide`], as
-//!    everywhere), and written back in one `UPDATE … FROM UNNEST(…)`; hand-backs of a
-//!    worker's claims (rare) then run as before;
-//! 2. claims: expired leases settled (when due), then the `k` oldest ready tasks taken in one
-//!    `SELECT … LIMIT k FOR UPDATE SKIP LOCKED` (never waits), written in one statement;
-//! 3. creates, last, so the id counter row is locked only from here to the commit: one lookup
-//!    of every idempotency key of the batch, one counter update that reserves the ids, one
-//!    multi-row `INSERT`. Ids stay consecutive across replicas: the
-//!    counter is transactional, so a batch that fails gives its ids back. Two replicas creating
-//!    with one key at once both miss in the lookup; the unique index then refuses the second
-//!    `INSERT`, its batch is retried whole, and the retry finds the first replica's task.
+//! 1. **read** — in one statement: the tasks the batch names by id (finish, fail, extend,
+//!    release, cancel, setById), locked in id order (`FOR UPDATE`, so batches of two replicas
+//!    never wait on each other in a cycle); the `k` oldest ready tasks for the batch's `k`
+//!    claims (`FOR UPDATE SKIP LOCKED`: never waits, another replica's claims are passed
+//!    over); and the tasks that already have one of the batch's idempotency keys;
+//! 2. **decide** in memory, in the order the operations came, with [`crate::state::decide`] as
+//!    everywhere: named operations first, then claims (a candidate a named operation of the
+//!    batch changed is decided in its new state), then creates;
+//! 3. **write** — in one statement: every changed task (`UPDATE … FROM UNNEST(…)`), the id
+//!    counter advanced by the number of new tasks, the new tasks (one multi-row `INSERT`), and
+//!    the notifications that wake the other replicas' long polls (sent only if it commits).
+//!
+//! The id counter row is locked only from the write to the commit, so ids stay consecutive
+//! across replicas: the counter is transactional, and a batch that fails gives its ids back.
+//! Two replicas creating with one key at once both miss in their reads; the unique index then
+//! refuses the second `INSERT`, its batch is retried whole, and the retry finds the first
+//! replica's task. Hand-backs of a worker's claims (rare) and the settling of expired leases
+//! (at most every 250 ms) run as statements of their own before the read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::Row as _;
+use sqlx::postgres::PgConnection;
 
-use super::{Op, Outcome, QueueError, Work, check_lease, millis, postgres_queries};
+use super::{
+    CHANGED_CHANNEL, Op, Outcome, QueueError, READY_CHANNEL, Work, changed_payload, check_lease,
+    millis, postgres_queries,
+};
 use crate::state::{self, Action};
 use crate::task::Task;
-
-/// The task columns, in `row_to_task`'s order.
-macro_rules! columns {
-    () => {
-        "id, state, held, payload, attempts, error, lease, lease_expires_at, hold_expires_at, worker"
-    };
-}
 
 /// What each operation of the batch came to, by position; `None` for none yet.
 type Slots = Vec<Option<Result<Outcome, QueueError>>>;
 
+/// The read of a batch: named tasks (`part` 0), claim candidates oldest first (1) and the ids
+/// of known idempotency keys (2). Columns 0–9 are `row_to_task`'s.
+const READ: &str = "WITH named AS (\
+       SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+       hold_expires_at, worker FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+     ready AS (\
+       SELECT id, state, held, payload, attempts, error, lease, lease_expires_at, \
+       hold_expires_at, worker FROM tasks WHERE state = 0 AND held = 0 \
+       ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+     keyed AS (SELECT id, idempotency_key FROM tasks WHERE idempotency_key = ANY($3)) \
+     SELECT *, 0 AS part, NULL::text AS key FROM named \
+     UNION ALL SELECT *, 1, NULL FROM ready \
+     UNION ALL SELECT id, 0::bigint, 0::bigint, NULL, 0::bigint, NULL, NULL, NULL::bigint, \
+       NULL::bigint, NULL, 2, idempotency_key FROM keyed";
+
+/// The write of a batch; answers the first new id (NULL without creates). Every part runs
+/// exactly once whether or not the final `SELECT` names it.
+const WRITE: &str = "WITH changed AS (\
+       UPDATE tasks AS t SET state = u.state, held = u.held, attempts = u.attempts, \
+       error = u.error, lease = u.lease, lease_expires_at = u.lease_expires_at, \
+       hold_expires_at = u.hold_expires_at, updated_at = $10, worker = u.worker \
+       FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
+       $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+       AS u(id, state, held, attempts, error, lease, lease_expires_at, hold_expires_at, worker) \
+       WHERE t.id = u.id), \
+     counter AS (\
+       UPDATE tasks_meta SET next_id = next_id + $11 WHERE id = 1 AND $11 > 0 \
+       RETURNING next_id - $11 AS first), \
+     created AS (\
+       INSERT INTO tasks (id, state, held, payload, attempts, error, lease, lease_expires_at, \
+       hold_expires_at, created_at, updated_at, idempotency_key) \
+       SELECT counter.first + u.n - 1, 0, u.held, u.payload, 0, NULL, NULL, NULL, \
+       u.hold_expires_at, $10, $10, u.key \
+       FROM counter, UNNEST($12::bigint[], $13::text[], $14::bigint[], $15::text[]) \
+       WITH ORDINALITY AS u(held, payload, hold_expires_at, key, n)) \
+     SELECT (SELECT first FROM counter), \
+       CASE WHEN $16 THEN pg_notify($17, '') END, \
+       CASE WHEN $18 THEN pg_notify($19, $20) END";
+
 /// Applies `ops` inside `tx`; the outcome of each, by position. Expired leases are settled
-/// before the claims when `expire` says they are due.
+/// before the claims when `expire` says they are due. The notifications for the other
+/// replicas are part of the write.
 pub(super) async fn apply(
     work: &mut Work<'_>,
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     ops: &[Op],
     expire: bool,
 ) -> Result<Slots, sqlx::Error> {
     let mut outcomes: Slots = (0..ops.len()).map(|_| None).collect();
-    named(work, tx, ops, &mut outcomes).await?;
     for (i, op) in ops.iter().enumerate() {
         if matches!(op, Op::ReleaseWorker { .. }) {
             outcomes[i] = Some(postgres_queries::apply(work, tx, op.clone()).await?);
         }
     }
-    claims(work, tx, ops, &mut outcomes, expire).await?;
-    creates(work, tx, ops, &mut outcomes).await?;
+    let claims = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Claim { .. }))
+        .count();
+    // A claim must see the tasks whose leases ran out as ready again.
+    if claims > 0 && expire {
+        postgres_queries::expire(work, tx).await?;
+    }
+    let mut read = read(tx, ops, claims).await?;
+    let mut changed = BTreeMap::new();
+    named(work, ops, &mut read.named, &mut outcomes, &mut changed);
+    claim(work, ops, &mut read, &mut outcomes, &mut changed);
+    let fresh = creates(work, ops, &read.keys, &mut outcomes);
+    write(tx, work, &changed, &fresh, ops, &mut outcomes).await?;
     Ok(outcomes)
 }
 
-/// Step 1: every operation on a task named by id.
-async fn named(
-    work: &mut Work<'_>,
-    tx: &mut Transaction<'_, Postgres>,
-    ops: &[Op],
-    outcomes: &mut Slots,
-) -> Result<(), sqlx::Error> {
-    let ids: BTreeSet<i64> = ops
+/// What the read found.
+#[derive(Default)]
+struct Read {
+    /// The tasks named by the batch's operations, by id.
+    named: HashMap<u64, Task>,
+    /// Ready tasks for the claims, oldest first.
+    ready: Vec<Task>,
+    /// Which task has each known idempotency key.
+    keys: HashMap<String, i64>,
+}
+
+/// Step 1: one statement for everything the batch must see, or none when it needs nothing.
+async fn read(tx: &mut PgConnection, ops: &[Op], claims: usize) -> Result<Read, sqlx::Error> {
+    let ids: Vec<i64> = ops
         .iter()
         .filter_map(|op| match op {
             Op::Act { id, .. } | Op::Set { id, .. } => Some(id.cast_signed()),
             _ => None,
         })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = ids.into_iter().collect();
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut tasks: HashMap<u64, Task> = rows
+    let keys: Vec<&str> = ops
         .iter()
-        .map(postgres_queries::row_to_task)
-        .map(|t| (t.id, t))
+        .filter_map(|op| match op {
+            Op::Create { key: Some(k), .. } => Some(k.as_str()),
+            _ => None,
+        })
         .collect();
-    let mut dirty = BTreeSet::new();
+    let mut read = Read::default();
+    if ids.is_empty() && keys.is_empty() && claims == 0 {
+        return Ok(read);
+    }
+    let rows = sqlx::query(READ)
+        .bind(&ids)
+        .bind(i64::try_from(claims).unwrap_or(i64::MAX))
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in &rows {
+        match row.get::<i32, _>(10) {
+            0 => {
+                let task = postgres_queries::row_to_task(row);
+                read.named.insert(task.id, task);
+            }
+            1 => read.ready.push(postgres_queries::row_to_task(row)),
+            _ => {
+                read.keys.insert(row.get(11), row.get(0));
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// Step 2a: every operation on a task named by id, in the order they came.
+fn named(
+    work: &mut Work<'_>,
+    ops: &[Op],
+    tasks: &mut HashMap<u64, Task>,
+    outcomes: &mut Slots,
+    changed: &mut BTreeMap<u64, Task>,
+) {
     for (i, op) in ops.iter().enumerate() {
         let (id, lease, decision) = match op {
             Op::Act {
@@ -120,14 +203,12 @@ async fn named(
         outcomes[i] = Some(match decided {
             Ok(effect) => {
                 work.change(task, effect, reason);
-                dirty.insert(id);
+                changed.insert(id, task.clone());
                 Ok(Outcome::Done(task.clone()))
             }
             Err(refusal) => Err(QueueError::Conflict(refusal.0)),
         });
     }
-    let changed: Vec<&Task> = dirty.iter().filter_map(|id| tasks.get(id)).collect();
-    write_many(tx, &changed, work.now).await
 }
 
 /// What an operation on a named task asks.
@@ -136,215 +217,158 @@ enum Decision {
     Set(state::State),
 }
 
-/// Step 2: every claim of the batch, from one selection of ready tasks.
-async fn claims(
+/// Step 2b: every claim of the batch, from the ready tasks the read locked.
+fn claim(
     work: &mut Work<'_>,
-    tx: &mut Transaction<'_, Postgres>,
     ops: &[Op],
+    read: &mut Read,
     outcomes: &mut Slots,
-    expire: bool,
-) -> Result<(), sqlx::Error> {
-    let claimers: Vec<(usize, Option<String>)> = ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            Op::Claim { worker } => Some((i, worker.clone())),
-            _ => None,
-        })
-        .collect();
-    if claimers.is_empty() {
-        return Ok(());
-    }
-    // A claim must see the tasks whose leases ran out as ready again.
-    if expire {
-        postgres_queries::expire(work, tx).await?;
-    }
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM tasks WHERE state = 0 AND held = 0 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(i64::try_from(claimers.len()).unwrap_or(i64::MAX))
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut ready = rows.iter().map(postgres_queries::row_to_task);
-    let mut claimed = Vec::new();
-    for (i, worker) in claimers {
+    changed: &mut BTreeMap<u64, Task>,
+) {
+    let mut ready = std::mem::take(&mut read.ready).into_iter();
+    for (i, op) in ops.iter().enumerate() {
+        let Op::Claim { worker } = op else {
+            continue;
+        };
         let mut outcome = Outcome::Claimed(None);
-        // A task the state machine refuses to hand out is skipped for the next one.
-        for mut task in ready.by_ref() {
+        // A task the state machine refuses to hand out (now, after this batch's named
+        // operations) is skipped for the next one.
+        for candidate in ready.by_ref() {
+            let mut task = read.named.get(&candidate.id).cloned().unwrap_or(candidate);
             if let Ok(effect) =
                 state::decide(task.snapshot(), Action::Claim, work.limits.max_attempts)
             {
                 work.change(&mut task, effect, None);
-                task.worker = worker;
+                task.worker.clone_from(worker);
                 outcome = Outcome::Claimed(Some(task.clone()));
-                claimed.push(task);
+                changed.insert(task.id, task);
                 break;
             }
         }
         outcomes[i] = Some(Ok(outcome));
     }
-    let claimed: Vec<&Task> = claimed.iter().collect();
-    write_many(tx, &claimed, work.now).await
 }
 
-/// Step 3: every create of the batch, holding the id counter only from here to the commit.
-async fn creates(
+/// A create answered with a new task's id: its operation's position and the number of that
+/// task among the batch's new tasks (from 0). The create that makes the task and later
+/// creates of the batch with the same key have one each (`makes` tells them apart).
+struct Numbered {
+    op: usize,
+    n: i64,
+    makes: bool,
+}
+
+/// Step 2c: which creates make a task; the others are answered with the task that has their
+/// key (already stored, or made by an earlier create of this batch once its id is known).
+fn creates(
     work: &mut Work<'_>,
-    tx: &mut Transaction<'_, Postgres>,
+    ops: &[Op],
+    stored: &HashMap<String, i64>,
+    outcomes: &mut Slots,
+) -> Vec<Numbered> {
+    let mut in_batch: HashMap<&str, i64> = HashMap::new();
+    let mut numbered = Vec::new();
+    let mut made = 0_i64;
+    for (i, op) in ops.iter().enumerate() {
+        let Op::Create { key, held, .. } = op else {
+            continue;
+        };
+        let key = key.as_deref();
+        if let Some(&id) = key.and_then(|k| stored.get(k)) {
+            outcomes[i] = Some(Ok(Outcome::Existing(id.cast_unsigned())));
+        } else if let Some(&n) = key.and_then(|k| in_batch.get(k)) {
+            numbered.push(Numbered {
+                op: i,
+                n,
+                makes: false,
+            });
+        } else {
+            if let Some(k) = key {
+                in_batch.insert(k, made);
+            }
+            if !held {
+                work.ready_changed = true;
+            }
+            numbered.push(Numbered {
+                op: i,
+                n: made,
+                makes: true,
+            });
+            made += 1;
+        }
+    }
+    numbered
+}
+
+/// Step 3: one statement that writes the batch, numbers its new tasks and tells the other
+/// replicas; or none when there is nothing to write or tell.
+async fn write(
+    tx: &mut PgConnection,
+    work: &Work<'_>,
+    changed: &BTreeMap<u64, Task>,
+    numbered: &[Numbered],
     ops: &[Op],
     outcomes: &mut Slots,
 ) -> Result<(), sqlx::Error> {
-    if !ops.iter().any(|op| matches!(op, Op::Create { .. })) {
+    if changed.is_empty() && numbered.is_empty() && !work.ready_changed && work.changed.is_empty() {
         return Ok(());
     }
-    let keys: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Create { key: Some(k), .. } => Some(k.clone()),
-            _ => None,
-        })
-        .collect();
-    let mut known: HashMap<String, Known> = if keys.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query("SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)")
-            .bind(&keys)
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|row| (row.get::<String, _>(0), Known::Stored(row.get::<i64, _>(1))))
-            .collect()
-    };
-    // Which creates make a task (numbered from 0 within the batch); the others are answered
-    // with the task that has their key.
-    let mut fresh: Vec<(usize, i64)> = Vec::new();
-    let mut same_key_later: Vec<(usize, i64)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        let Op::Create { key, .. } = op else {
-            continue;
-        };
-        match key.as_ref().and_then(|k| known.get(k).copied()) {
-            Some(Known::Stored(id)) => {
-                outcomes[i] = Some(Ok(Outcome::Existing(id.cast_unsigned())));
-            }
-            Some(Known::InBatch(n)) => same_key_later.push((i, n)),
-            None => {
-                let n = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
-                if let Some(k) = key {
-                    known.insert(k.clone(), Known::InBatch(n));
-                }
-                fresh.push((i, n));
-            }
-        }
-    }
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
-    if fresh
-        .iter()
-        .any(|(i, _)| matches!(&ops[*i], Op::Create { held: false, .. }))
-    {
-        work.ready_changed = true;
-    }
-    // Reserves the ids; the lock on the counter row is held until the commit, so ids are
-    // handed out in commit order across replicas.
-    let first: i64 = sqlx::query(
-        "UPDATE tasks_meta SET next_id = next_id + $1 WHERE id = 1 RETURNING next_id - $1",
-    )
-    .bind(count)
-    .fetch_one(&mut **tx)
-    .await?
-    .get(0);
-    let (mut ids, mut held, mut payloads, mut holds, mut new_keys) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for &(i, n) in &fresh {
-        let Op::Create {
-            payload,
-            held: is_held,
-            key,
-        } = &ops[i]
-        else {
-            continue;
-        };
-        let id = first + n;
-        ids.push(id);
-        held.push(i64::from(*is_held));
-        payloads.push(payload.clone());
-        holds.push(is_held.then(|| work.now.saturating_add(millis(work.limits.hold_timeout))));
-        new_keys.push(key.clone());
-        outcomes[i] = Some(Ok(Outcome::Created(id.cast_unsigned())));
-    }
-    for (i, n) in same_key_later {
-        outcomes[i] = Some(Ok(Outcome::Existing((first + n).cast_unsigned())));
-    }
-    sqlx::query(
-        "INSERT INTO tasks (id, state, held, payload, attempts, error, lease, lease_expires_at, \
-         hold_expires_at, created_at, updated_at, idempotency_key) \
-         SELECT u.id, 0, u.held, u.payload, 0, NULL, NULL, NULL, u.hold_expires_at, $5, $5, u.key \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $6::text[]) \
-         AS u(id, held, payload, hold_expires_at, key)",
-    )
-    .bind(&ids)
-    .bind(&held)
-    .bind(&payloads)
-    .bind(&holds)
-    .bind(work.now)
-    .bind(&new_keys)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Where the task with an idempotency key is.
-#[derive(Clone, Copy)]
-enum Known {
-    /// Already stored, with this id.
-    Stored(i64),
-    /// Made by this batch: its `n`-th new task.
-    InBatch(i64),
-}
-
-/// Writes the changed fields of `tasks` in one statement.
-async fn write_many(
-    tx: &mut Transaction<'_, Postgres>,
-    tasks: &[&Task],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    if tasks.is_empty() {
-        return Ok(());
-    }
+    let tasks: Vec<&Task> = changed.values().collect();
     let ids: Vec<i64> = tasks.iter().map(|t| t.id.cast_signed()).collect();
     let states: Vec<i64> = tasks.iter().map(|t| i64::from(t.state.code())).collect();
     let held: Vec<i64> = tasks.iter().map(|t| i64::from(t.held)).collect();
     let attempts: Vec<i64> = tasks.iter().map(|t| i64::from(t.attempts)).collect();
-    let errors: Vec<Option<String>> = tasks.iter().map(|t| t.error.clone()).collect();
-    let leases: Vec<Option<String>> = tasks.iter().map(|t| t.lease.clone()).collect();
+    let errors: Vec<Option<&str>> = tasks.iter().map(|t| t.error.as_deref()).collect();
+    let leases: Vec<Option<&str>> = tasks.iter().map(|t| t.lease.as_deref()).collect();
     let lease_expiry: Vec<Option<i64>> = tasks.iter().map(|t| t.lease_expires_at).collect();
     let hold_expiry: Vec<Option<i64>> = tasks.iter().map(|t| t.hold_expires_at).collect();
-    let workers: Vec<Option<String>> = tasks.iter().map(|t| t.worker.clone()).collect();
-    sqlx::query(
-        "UPDATE tasks AS t SET state = u.state, held = u.held, attempts = u.attempts, \
-         error = u.error, lease = u.lease, lease_expires_at = u.lease_expires_at, \
-         hold_expires_at = u.hold_expires_at, updated_at = $10, worker = u.worker \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
-         $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
-         AS u(id, state, held, attempts, error, lease, lease_expires_at, hold_expires_at, worker) \
-         WHERE t.id = u.id",
-    )
-    .bind(&ids)
-    .bind(&states)
-    .bind(&held)
-    .bind(&attempts)
-    .bind(&errors)
-    .bind(&leases)
-    .bind(&lease_expiry)
-    .bind(&hold_expiry)
-    .bind(&workers)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    let workers: Vec<Option<&str>> = tasks.iter().map(|t| t.worker.as_deref()).collect();
+
+    let (mut new_held, mut payloads, mut holds, mut keys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for f in numbered.iter().filter(|f| f.makes) {
+        let Op::Create { payload, held, key } = &ops[f.op] else {
+            continue;
+        };
+        new_held.push(i64::from(*held));
+        payloads.push(payload.as_deref());
+        holds.push(held.then(|| work.now.saturating_add(millis(work.limits.hold_timeout))));
+        keys.push(key.as_deref());
+    }
+    let count = i64::try_from(new_held.len()).unwrap_or(i64::MAX);
+    let first: Option<i64> = sqlx::query(WRITE)
+        .bind(&ids)
+        .bind(&states)
+        .bind(&held)
+        .bind(&attempts)
+        .bind(&errors)
+        .bind(&leases)
+        .bind(&lease_expiry)
+        .bind(&hold_expiry)
+        .bind(&workers)
+        .bind(work.now)
+        .bind(count)
+        .bind(&new_held)
+        .bind(&payloads)
+        .bind(&holds)
+        .bind(&keys)
+        .bind(work.ready_changed)
+        .bind(READY_CHANNEL)
+        .bind(!work.changed.is_empty())
+        .bind(CHANGED_CHANNEL)
+        .bind(changed_payload(&work.changed))
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+    if let Some(first) = first {
+        for f in numbered {
+            let id = (first + f.n).cast_unsigned();
+            outcomes[f.op] = Some(Ok(if f.makes {
+                Outcome::Created(id)
+            } else {
+                Outcome::Existing(id)
+            }));
+        }
+    }
     Ok(())
 }
