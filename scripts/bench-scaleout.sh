@@ -34,6 +34,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Headings and summaries go to the raw file too, between the outputs they name.
+say() { echo "$*" | tee -a "$RAW"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # PostgreSQL with its defaults for durability (fsync on, synchronous_commit on).
@@ -46,7 +49,6 @@ as_pg "$PGBIN/postgres" -D "$work/pg/data" -h 127.0.0.1 -p "$PG_PORT" -k "$work/
   -c max_connections=300 >"$work/pg.log" 2>&1 &
 pg_pid=$!
 until "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -U postgres >/dev/null 2>&1; do sleep 0.1; done
-DB="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 
 # start NAME ARGS…: runs `shoal ARGS… --listen 127.0.0.1:PORT`; sets $URL and $PID.
 start() {
@@ -64,22 +66,27 @@ start() {
 }
 
 bench_tasks() {
-  echo "== shoal tasks: embedded SQLite (in-process)"
+  # A database of its own, dropped at the end: vacuuming a million finished tasks would
+  # otherwise weigh on whatever runs next.
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres tasks
+  local DB="postgres://postgres@127.0.0.1:$PG_PORT/tasks"
+  say "== shoal tasks: embedded SQLite (in-process)"
   RUST_LOG=warn "$BIN" bench tasks --concurrency 64 --duration 10s --backlog 10000 --rounds 3 2>/dev/null \
     | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   start tasks-1 tasks --database-url "$DB" --data-dir "$work/t1"; T1=$URL
-  echo "== shoal tasks: one replica on PostgreSQL"
+  say "== shoal tasks: one replica on PostgreSQL"
   RUST_LOG=warn "$BIN" bench tasks --target "$T1" --concurrency 64 --duration 10s --backlog 0 --rounds 3 2>/dev/null \
     | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   start tasks-2 tasks --database-url "$DB" --data-dir "$work/t2"; T2=$URL
-  echo "== shoal tasks: two replicas on one PostgreSQL"
+  say "== shoal tasks: two replicas on one PostgreSQL"
   RUST_LOG=warn "$BIN" bench tasks --target "$T1,$T2" --concurrency 64 --duration 10s --backlog 0 --rounds 3 2>/dev/null \
     | tee -a "$RAW" | grep -E '^(scenario|median +cycles)'
   kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=()
+  "$PGBIN/dropdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres tasks
 }
 
 bench_pipeline() {
-  # A database of its own: the tasks benchmark left a million tasks in the other one.
+  # A database of its own, as the tasks benchmark has.
   "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres pipeline
   local schema_db="postgres://postgres@127.0.0.1:$PG_PORT/pipeline"
   start kv kv --data-dir "$work/kv"; KV=$URL
@@ -90,23 +97,33 @@ bench_pipeline() {
   pids+=($!)
   start frontend frontend --kv "$KV"; FRONTEND=$URL
   local extra=()
-  for round in 1 2 3; do
-    for shape in one two; do
+  # The two shapes alternate, and their order flips every round, so a drift of the machine
+  # (or of the growing database) over the run weighs on both alike.
+  for round in 1 2 3 4; do
+    local shapes="one two"
+    [ $((round % 2)) = 0 ] && shapes="two one"
+    for shape in $shapes; do
       if [ "$shape" = two ]; then
         start tasks-2 tasks --kv "$KV" --database-url "$schema_db" --data-dir "$work/pt2"; extra+=("$PID")
         start master-2 master --kv "$KV"; extra+=("$PID")
       fi
       until curl -fsS "$FRONTEND/readyz" >/dev/null 2>&1; do sleep 0.1; done
       sleep 1 # the watches have seen every instance
-      echo "== pipeline via the frontend, round $round: $shape master(s) and $shape tasks replica(s)"
+      say "== pipeline via the frontend, round $round: $shape master(s) and $shape tasks replica(s)"
       RUST_LOG=warn "$BIN" bench pipeline --target "$FRONTEND" --via frontend --threads 1 \
         --images 400 --size 512x512 --concurrency 8 --rounds 1 --no-baseline --latency-images 0 2>/dev/null \
-        | tee -a "$RAW" | grep -E '^median pipeline'
+        | tee -a "$RAW" | grep -E '^median pipeline' | tee -a "$work/pipeline-$shape"
       if [ "$shape" = two ]; then
         kill "${extra[@]}"; wait "${extra[@]}" 2>/dev/null || true; extra=()
+        # Until their registrations are gone, the others would still try the stopped ones.
+        sleep 1
       fi
     done
   done
+  # Per round, two over one; the median of the four.
+  paste <(awk '{print $3}' "$work/pipeline-one") <(awk '{print $3}' "$work/pipeline-two") \
+    | awk '{printf "round %d: two/one %.3f\n", NR, $2/$1}' | tee "$work/ratios" | tee -a "$RAW"
+  awk '{print $4}' "$work/ratios" | sort -n | awk '{r[NR]=$1} END {printf "median two/one %.3f\n", (r[int((NR+1)/2)]+r[int(NR/2)+1])/2}' | tee -a "$RAW"
 }
 
 case "$WHAT" in
