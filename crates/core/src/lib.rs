@@ -27,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod idempotency;
 pub mod logging;
 pub mod metrics;
 pub mod query;

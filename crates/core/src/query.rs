@@ -88,8 +88,10 @@ fn decode(s: &str) -> Result<Vec<u8>, ApiError> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
+                // Two hex digits exactly: `from_str_radix` alone would take `%+1` (a sign).
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| ApiError::bad_request("malformed percent-escape in query"))?;
@@ -146,6 +148,9 @@ mod tests {
         assert!(p.contains("flag"));
         assert_eq!(p.bytes("flag"), Some(&b""[..]));
         assert_eq!(p.bytes("missing"), None);
+        for bad in ["a=%+1", "a=%-1", "a=%1", "a=%", "a=%zz", "a=% 1"] {
+            assert!(Params::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,8 +39,9 @@ pub struct ServerOptions {
     /// Largest request body accepted; larger ones get 413 before the body is read when the
     /// client announced its length.
     pub body_limit: usize,
-    /// Time a request may take before it is answered 503. Requests with a `wait=` query
-    /// parameter (long polls) are exempt: they bound themselves.
+    /// Time a request may take before it is answered 503. Only a `wait=` request to a route
+    /// layered with [`long_poll`] is exempt (it bounds its own wait); on any other route a
+    /// `wait=` parameter changes nothing.
     pub request_timeout: Duration,
     /// After a shutdown signal, how long in-flight requests get to finish.
     pub drain_timeout: Duration,
@@ -345,7 +347,7 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| credentials(v, "Bearer"))
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
         return next.run(request).await;
@@ -357,20 +359,51 @@ async fn authorize(
     response
 }
 
-/// Whether the request is a long poll (`wait=` in its query), which bounds its own duration.
-fn is_long_poll(request: &Request) -> bool {
+/// The credentials of an `Authorization` value in `scheme`; the scheme's name is matched
+/// without regard to case (RFC 7235: `bearer x` and `BEARER x` are `Bearer x`).
+pub fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim_start_matches(' '))
+}
+
+/// Whether the request asks to wait (`wait=` in its query).
+fn asks_to_wait(request: &Request) -> bool {
     request
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("wait=")))
 }
 
-async fn timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    if is_long_poll(&request) {
-        return next.run(request).await;
+/// Put on every request by the timeout middleware; [`long_poll`] turns it on.
+#[derive(Clone)]
+struct LongPollAllowance(Arc<AtomicBool>);
+
+/// Middleware for the routes that long-poll (layer it on their method router): a request with
+/// `wait=` on such a route is exempt from the request timeout, since the route bounds its wait
+/// (`--max-wait`). Any other route keeps the timeout whatever its query says, so a `wait=`
+/// cannot make a stalled request live for ever.
+pub async fn long_poll(request: Request, next: Next) -> Response {
+    if asks_to_wait(&request)
+        && let Some(LongPollAllowance(allowed)) = request.extensions().get::<LongPollAllowance>()
+    {
+        allowed.store(true, Ordering::Relaxed);
     }
-    match tokio::time::timeout(limit, next.run(request)).await {
+    next.run(request).await
+}
+
+async fn timeout(State(limit): State<Duration>, mut request: Request, next: Next) -> Response {
+    let allowed = Arc::new(AtomicBool::new(false));
+    request
+        .extensions_mut()
+        .insert(LongPollAllowance(allowed.clone()));
+    let response = next.run(request);
+    tokio::pin!(response);
+    match tokio::time::timeout(limit, &mut response).await {
         Ok(response) => response,
+        // The route said it is a long poll before the time was up; it ends its own wait.
+        Err(_) if allowed.load(Ordering::Relaxed) => response.await,
         Err(_) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
@@ -378,5 +411,18 @@ async fn timeout(State(limit): State<Duration>, request: Request, next: Next) ->
                 humantime::format_duration(limit)
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn auth_schemes_are_matched_without_regard_to_case() {
+        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k"] {
+            assert_eq!(super::credentials(value, "Bearer"), Some("t0k"), "{value}");
+        }
+        for value in ["Basic t0k", "Bearert0k", "Bearer", ""] {
+            assert_eq!(super::credentials(value, "Bearer"), None, "{value}");
+        }
     }
 }

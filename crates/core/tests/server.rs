@@ -33,6 +33,14 @@ fn demo_routes() -> Router {
                 "never"
             }),
         )
+        .route(
+            "/poll",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "changed"
+            })
+            .layer(axum::middleware::from_fn(server::long_poll)),
+        )
         .route("/echo", post(|body: axum::body::Bytes| async move { body }))
         .route(
             "/json",
@@ -133,17 +141,33 @@ async fn body_limit_is_413() {
     s.stop().await.expect("stop");
 }
 
+/// Only a `wait=` request to a long-poll route outlives the request timeout: on any other
+/// route, `wait=` changes nothing, and a stalled body is answered too.
 #[tokio::test]
 async fn slow_requests_time_out_but_long_polls_do_not() {
     let mut options = ServerOptions::new("demo");
     options.request_timeout = Duration::from_millis(200);
     let s = start(demo_routes(), options).await;
     let c = reqwest::Client::new();
-    let r = c.get(s.url("/slow")).send().await.expect("send");
-    assert_eq!(r.status(), 503);
-    assert!(r.text().await.expect("body").contains("timed out"));
-    let r = c.get(s.url("/slow?wait=1s")).send().await.expect("send");
+    for path in ["/slow", "/slow?wait=1s", "/poll"] {
+        let r = c.get(s.url(path)).send().await.expect("send");
+        assert_eq!(r.status(), 503, "{path}");
+        assert!(r.text().await.expect("body").contains("timed out"));
+    }
+    let r = c.get(s.url("/poll?wait=1s")).send().await.expect("send");
     assert_eq!(r.status(), 200, "a long poll bounds itself");
+    // A body that never comes, with `wait=` on a route that does not long-poll.
+    let (_sender, body) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let started = Instant::now();
+    let r = c
+        .post(s.url("/echo?wait=1"))
+        .header("content-length", "100")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5));
     s.stop().await.expect("stop");
 }
 

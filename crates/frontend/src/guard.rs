@@ -26,7 +26,7 @@ pub async fn basic_auth(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| shoal_core::server::credentials(v, "Basic"))
         .and_then(|v| {
             base64::engine::general_purpose::STANDARD
                 .decode(v.trim())

@@ -2,6 +2,7 @@
 //! path (`POST /upload` → `303` → `/tasks/{ids}`), and the public JSON API under `/api/v1`.
 //! Everything comes from the master; the frontend keeps no state.
 
+use shoal_core::server::long_poll;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,10 @@ pub fn router(
         .route("/isReady", get(is_ready))
         .route("/getImage", get(get_image))
         .route("/tasks/{ids}", get(task_page))
-        .route("/api/v1/tasks/{id}", get(task_status))
+        .route(
+            "/api/v1/tasks/{id}",
+            get(task_status).layer(middleware::from_fn(long_poll)),
+        )
         .route("/api/v1/tasks/{id}/result", get(task_result))
         .route("/api/v1/tasks/{id}/original", get(task_original))
         .merge(uploads);

@@ -166,7 +166,7 @@ impl Config {
             }
         }
         if let Some(name) = &self.name
-            && (name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control))
+            && (name.is_empty() || !crate::wire::valid_name(name))
         {
             anyhow::bail!("--name must be 1 to {MAX_NAME_LEN} bytes of printable text");
         }

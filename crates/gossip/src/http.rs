@@ -120,9 +120,9 @@ async fn notify(
         Some(origin) => origin.to_owned(),
         None => notifier.clone(),
     };
-    if origin.len() > crate::wire::MAX_NAME_LEN || notifier.len() > crate::wire::MAX_NAME_LEN {
+    if !crate::wire::valid_name(&origin) || !crate::wire::valid_name(&notifier) {
         return Err(ApiError::bad_request(format!(
-            "notifier and origin are at most {} bytes",
+            "notifier and origin are at most {} bytes, without control characters",
             crate::wire::MAX_NAME_LEN
         )));
     }

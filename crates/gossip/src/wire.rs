@@ -262,6 +262,12 @@ fn split_array<const N: usize>(bytes: &[u8]) -> Result<([u8; N], &[u8]), Rejecte
     Ok((array, rest))
 }
 
+/// Whether `name` may name a node or an origin: at most [`MAX_NAME_LEN`] bytes and no control
+/// character (a name travels in the `X-Origin` header, where a newline cannot go).
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
+}
+
 fn take_name(bytes: &[u8]) -> Result<(&str, &[u8]), Rejected> {
     let (&len, rest) = bytes.split_first().ok_or(Rejected::Malformed)?;
     let len = usize::from(len);
@@ -270,6 +276,9 @@ fn take_name(bytes: &[u8]) -> Result<(&str, &[u8]), Rejected> {
     }
     let (name, rest) = rest.split_at(len);
     let name = std::str::from_utf8(name).map_err(|_| Rejected::Malformed)?;
+    if !valid_name(name) {
+        return Err(Rejected::Malformed);
+    }
     Ok((name, rest))
 }
 

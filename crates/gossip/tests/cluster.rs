@@ -236,6 +236,15 @@ async fn stale_replayed_and_concurrent_notifies_never_move_the_value_back() -> T
         assert_eq!(response.headers()["x-applied"], "false", "{stale}");
     }
     assert_eq!(node.get().value, 5);
+    // An origin or notifier with a control character could not travel in `X-Origin`: refused.
+    for bad in ["origin=a%0Ab", "notifier=a%0Db", "origin=%00"] {
+        let response = http()
+            .post(format!("{base}/notify/9/{}?{bad}", now + 1_000))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+    assert_eq!(node.get().value, 5);
     // Many concurrent notifies (the seed read the generation without the lock): the end
     // state is the highest version, whatever the interleaving.
     let mut calls = Vec::new();

@@ -1,6 +1,8 @@
 //! The HTTP API: the seed's `/get`, `/set`, `/remove`, `/list`, plus TTLs, revisions, watches
 //! and JSON listings beside them.
 
+use axum::middleware::from_fn;
+use shoal_core::server::long_poll;
 use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,10 +41,10 @@ pub struct AppState {
 /// The kv routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/get", get(get_value))
+        .route("/get", get(get_value).layer(from_fn(long_poll)))
         .route("/set", post(set_value))
         .route("/remove", delete(remove_value))
-        .route("/list", get(list))
+        .route("/list", get(list).layer(from_fn(long_poll)))
         .with_state(state)
 }
 

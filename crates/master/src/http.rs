@@ -3,6 +3,8 @@
 //! need (`original`, `/api/v1/tasks/{id}`) and the worker routes a real queue has
 //! (`failTask`, `extendLease`).
 
+use axum::middleware::from_fn;
+use shoal_core::server::long_poll;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,14 +53,17 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/new", post(new_image))
-        .route("/isReady", get(is_ready))
+        .route("/isReady", get(is_ready).layer(from_fn(long_poll)))
         .route("/get", get(get_result))
         .route("/original", get(get_original))
         .route("/api/v1/tasks", post(create_task))
-        .route("/api/v1/tasks/{id}", get(task_status))
+        .route(
+            "/api/v1/tasks/{id}",
+            get(task_status).layer(from_fn(long_poll)),
+        )
         .route("/api/v1/tasks/{id}/result", get(task_result))
         .route("/api/v1/tasks/{id}/original", get(task_original))
-        .route("/getNewTask", post(get_new_task))
+        .route("/getNewTask", post(get_new_task).layer(from_fn(long_poll)))
         .route("/registerTaskFinished", post(register_task_finished))
         .route("/failTask", post(fail_task))
         .route("/extendLease", post(extend_lease))

@@ -85,6 +85,14 @@ const BUILTIN_BLOCKLIST: &[Blocked] = &[
         what: "the Alibaba Cloud metadata address",
     },
     Blocked {
+        net: v4(192, 0, 0, 192, 32),
+        what: "the Oracle Cloud metadata address",
+    },
+    Blocked {
+        net: v4(192, 0, 0, 0, 24),
+        what: "IETF protocol assignments (192.0.0.0/24, not routable)",
+    },
+    Blocked {
         net: v4(0, 0, 0, 0, 8),
         what: "unspecified (0.0.0.0/8, \"this network\")",
     },
@@ -203,7 +211,7 @@ impl Policy {
 }
 
 /// The address a connection to `ip` actually reaches: the embedded IPv4 address for mapped,
-/// compatible and NAT64 well-known-prefix IPv6 addresses, else `ip` itself.
+/// compatible, NAT64 well-known-prefix and 6to4 IPv6 addresses, else `ip` itself.
 fn effective_ip(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else {
         return ip;
@@ -221,6 +229,12 @@ fn effective_ip(ip: IpAddr) -> IpAddr {
     // NAT64 well-known prefix (RFC 6052): translated to IPv4 by the network.
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return IpAddr::V4(embedded);
+    }
+    // 6to4 (RFC 3056): 2002:AABB:CCDD::/48 is relayed to the IPv4 address AA.BB.CC.DD.
+    if s[0] == 0x2002 {
+        return IpAddr::V4(Ipv4Addr::from_bits(
+            (u32::from(s[1]) << 16) | u32::from(s[2]),
+        ));
     }
     ip
 }
@@ -640,6 +654,16 @@ mod tests {
         );
         assert!(p.check(ip("::169.254.169.254")).is_err());
         assert!(p.check(ip("64:ff9b::169.254.169.254")).is_err());
+        let err = p
+            .check(ip("2002:a9fe:a9fe::"))
+            .expect_err("6to4 of the metadata address");
+        assert_eq!(err.effective_ip(), ip("169.254.169.254"));
+        assert!(
+            p.check(ip("2002:7f00:1::")).is_ok(),
+            "6to4 of 127.0.0.1 is allowed as it is"
+        );
+        assert!(p.check(ip("192.0.0.192")).is_err());
+        assert!(p.check(ip("192.0.0.8")).is_err());
         assert!(p.check(ip("::ffff:0.0.0.0")).is_err());
         assert!(p.check(ip("::ffff:127.0.0.1")).is_ok());
         // :: and ::1 keep their IPv6 meaning.

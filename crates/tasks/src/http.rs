@@ -1,5 +1,7 @@
 //! The routes: the seed's, and what a work queue needs beside them.
 
+use axum::middleware::from_fn;
+use shoal_core::server::long_poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -34,8 +36,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/newTask", post(new_task))
-        .route("/getById", get(get_by_id))
-        .route("/getNewTask", post(get_new_task))
+        .route("/getById", get(get_by_id).layer(from_fn(long_poll)))
+        .route("/getNewTask", post(get_new_task).layer(from_fn(long_poll)))
         .route("/finishTask", post(finish_task))
         .route("/failTask", post(fail_task))
         .route("/extendLease", post(extend_lease))
@@ -48,21 +50,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn parse_id(text: &str) -> Result<u64, ApiError> {
-    // Digits only: a sign, spaces or a fraction are not ids; too large is not an id either.
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(format!(
-            "Wrong input id: {text:?} is not a non-negative integer"
-        )));
-    }
-    text.parse::<u64>()
-        .ok()
-        .filter(|id| i64::try_from(*id).is_ok())
-        .ok_or_else(|| ApiError::bad_request(format!("Wrong input id: {text} is out of range")))
-}
-
+/// An id in its one canonical form (`01` and `1` must not both name task 1).
 fn id_param(params: &Params) -> Result<u64, ApiError> {
-    parse_id(params.required_text("id", "id")?)
+    shoal_core::query::canonical_id(params.required_text("id", "id")?)
 }
 
 fn bool_param(params: &Params, name: &str) -> Result<bool, ApiError> {
@@ -82,18 +72,7 @@ pub const EXISTING: &str = "x-existing";
 const MAX_NAME: usize = 200;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-    if key.is_empty() || key.len() > MAX_NAME {
-        return Err(ApiError::bad_request(format!(
-            "Idempotency-Key must be 1 to {MAX_NAME} characters"
-        )));
-    }
-    Ok(Some(key.to_owned()))
+    shoal_core::idempotency::key(headers, MAX_NAME)
 }
 
 fn worker_param(params: &Params) -> Result<Option<String>, ApiError> {
@@ -360,7 +339,7 @@ async fn list(State(app): State<AppState>, params: Params) -> Result<Response, A
 
 #[cfg(test)]
 mod tests {
-    use super::parse_id;
+    use shoal_core::query::canonical_id as parse_id;
 
     #[test]
     fn ids_are_plain_non_negative_integers() {
@@ -376,6 +355,8 @@ mod tests {
             "0x10",
             "99999999999999999999",
             "9223372036854775808",
+            "01",
+            "007",
         ] {
             assert!(parse_id(bad).is_err(), "{bad:?}");
         }

@@ -303,6 +303,8 @@ async fn bad_input_is_400_unknown_ids_404_wrong_methods_405(storage: Storage) {
         "/getById?id=abc",
         "/getById?id=1.5",
         "/getById?id=99999999999999999999",
+        "/getById?id=01",
+        "/getById?id=%2B1",
     ] {
         assert_eq!(t.call(Method::GET, path).await.0, 400, "{path}");
     }

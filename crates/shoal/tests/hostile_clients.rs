@@ -1,0 +1,107 @@
+//! What a hostile client can make a service hold, replayed against the real binary: every such
+//! resource stays bounded.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::Child;
+use std::time::Duration;
+
+mod support;
+
+/// A service process, killed when dropped.
+struct Service {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn start(args: &[&str], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, base) = support::spawn_service(args, dir.path(), extra);
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Sends `request` raw on a new connection and returns the status code of the answer.
+    fn raw(&self, request: &[u8]) -> u16 {
+        let mut stream = TcpStream::connect(self.address()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(request).expect("send");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        text.split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn metrics(&self, token: Option<&str>) -> String {
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let mut stream = TcpStream::connect(self.address()).expect("connect");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+        answer
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 500 requests with made-up 20 KB methods and 500 with made-up paths, unauthenticated, to a
+/// service under `--token` and to one without: `/metrics` stays small (it grew to 221 MB when
+/// the method was a label), and the service still answers.
+#[test]
+fn junk_methods_and_paths_do_not_grow_the_metrics() {
+    let guarded = Service::start(&["kv"], &["--token", "hunter2"]);
+    let open = Service::start(&["tasks"], &[]);
+    for (service, path, expected) in [(&guarded, "/get", 401), (&open, "/getById", 405)] {
+        for i in 0..500 {
+            let method = format!("X{i}{}", "M".repeat(20_000));
+            let request =
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let status = service.raw(request.as_bytes());
+            assert_eq!(status, expected, "junk method");
+        }
+        for i in 0..500 {
+            let request = format!(
+                "GET /junk-{i}-{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "p".repeat(2_000)
+            );
+            let status = service.raw(request.as_bytes());
+            assert!(status == 401 || status == 404, "junk path: {status}");
+        }
+    }
+    for (service, token) in [(&guarded, Some("hunter2")), (&open, None)] {
+        let metrics = service.metrics(token);
+        assert!(
+            metrics.len() < 1 << 20,
+            "/metrics is {} bytes after junk requests",
+            metrics.len()
+        );
+        assert!(!metrics.contains("MMMM") && !metrics.contains("junk-"));
+        assert!(
+            metrics.contains(r#"method="other""#),
+            "made-up methods counted as other"
+        );
+        assert!(metrics.contains(r#"route="unmatched""#));
+    }
+}
