@@ -38,6 +38,32 @@ pub struct CommonArgs {
     /// Log output format.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Connections the HTTP server keeps open at once [default: 4096]. At the limit the
+    /// longest-idle ones are closed to make room; when none is idle, new ones are refused.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Time a client has to send a request's headers, counted from when its connection is
+    /// ready for one; an idle keep-alive connection is closed after it too [default: 30s].
+    #[arg(long, env = "SHOAL_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+}
+
+impl CommonArgs {
+    /// The HTTP server's connection bounds these flags ask for.
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        let defaults = crate::connections::ConnectionLimits::default();
+        crate::connections::ConnectionLimits {
+            max_connections: self
+                .max_connections
+                .map_or(defaults.max_connections, |n| n as usize),
+            header_timeout: self
+                .header_timeout
+                .filter(|t| !t.is_zero())
+                .unwrap_or(defaults.header_timeout),
+        }
+    }
 }
 
 /// `--database-url`, for the services that keep state in a database (kv, tasks, multicast).

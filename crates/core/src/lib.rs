@@ -24,6 +24,7 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod discovery;
 pub mod error;

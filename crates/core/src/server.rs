@@ -1,7 +1,7 @@
 //! Server bootstrap: the middleware stack every service runs behind, the health routes, and a
 //! graceful shutdown that drains in-flight requests within a bounded time.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -25,6 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::config::Token;
+use crate::connections::{self, ConnectionLimits};
 use crate::error::{ShoalErrorBody, error_response};
 use crate::{metrics, request_id, routes};
 
@@ -49,6 +49,8 @@ pub struct ServerOptions {
     pub token: Option<Token>,
     /// What `/readyz` checks, beyond the process being up.
     pub readiness: Option<Readiness>,
+    /// Bounds on connections: how many at once, how long a client may take to send headers.
+    pub connections: ConnectionLimits,
 }
 
 impl ServerOptions {
@@ -61,6 +63,7 @@ impl ServerOptions {
             drain_timeout: Duration::from_secs(10),
             token: None,
             readiness: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -74,6 +77,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("drain_timeout", &self.drain_timeout)
             .field("token", &self.token)
             .field("readiness", &self.readiness.is_some())
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -127,30 +131,27 @@ pub async fn run(
     warn_if_exposed(options.service, local, options.token.is_some());
     let drain = options.drain_timeout;
     let app = app(routes, &options);
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
-        // Small request/response exchanges: don't let Nagle hold back the last segment.
-        let _ = tcp.set_nodelay(true);
-    });
-    // With the peer's address, for handlers that limit per client.
-    let server = axum::serve(
+    let stop = CancellationToken::new();
+    let server = connections::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    })
-    .into_future();
+        app,
+        options.connections,
+        options.service,
+        stop.clone(),
+    );
+    tokio::pin!(server);
     tracing::info!(service = options.service, address = %local, "listening");
     tokio::select! {
-        result = server => result.with_context(|| format!("{} server on {local} failed", options.service))?,
-        () = async {
-            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(drain).await;
-        } => {
-            tracing::warn!(service = options.service, "drain timeout reached; dropping remaining connections");
-        }
+        () = &mut server => {}
+        () = shutdown => {}
+    }
+    // Stop accepting, close idle connections, let in-flight requests finish, within `drain`.
+    stop.cancel();
+    if tokio::time::timeout(drain, server).await.is_err() {
+        tracing::warn!(
+            service = options.service,
+            "drain timeout reached; dropping remaining connections"
+        );
     }
     tracing::info!(service = options.service, "stopped");
     Ok(())

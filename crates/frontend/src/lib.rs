@@ -88,6 +88,7 @@ pub async fn run(
     )
     .unwrap_or(usize::MAX);
     options.request_timeout = Duration::from_secs(15 * 60);
+    options.connections = config.common.connection_limits();
     options.readiness = Some(Arc::new(move || {
         let upstream = upstream.clone();
         // The master's own readiness covers the task database and the storage behind it.

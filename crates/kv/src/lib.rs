@@ -55,6 +55,7 @@ pub async fn run(
         .unwrap_or(usize::MAX)
         .saturating_add(1);
     options.token = config.common.token.clone();
+    options.connections = config.common.connection_limits();
     let probe = store.clone();
     options.readiness = Some(std::sync::Arc::new(move || {
         let probe = probe.clone();

@@ -76,6 +76,7 @@ pub async fn run(
     options.body_limit = usize::try_from(config.max_upload).unwrap_or(usize::MAX);
     options.request_timeout = Duration::from_secs(15 * 60);
     options.token = config.common.token.clone();
+    options.connections = config.common.connection_limits();
     options.readiness = Some(Arc::new(move || {
         let upstream = upstream.clone();
         Box::pin(async move {

@@ -76,6 +76,7 @@ pub async fn run_with_resolver(
     let mut options = ServerOptions::new("multicast");
     options.body_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     options.token = config.common.token.clone();
+    options.connections = config.common.connection_limits();
     options.readiness = Some(Arc::new(move || {
         let store = store.clone();
         Box::pin(async move { store.ping().await.map_err(|e| format!("database: {e:#}")) })

@@ -278,6 +278,7 @@ pub async fn run_with_output(
         .exec_timeout
         .saturating_add(Duration::from_secs(5))
         .max(options.request_timeout);
+    options.connections = args.common.connection_limits();
 
     tracing::info!(
         hub = %registrar.hub,

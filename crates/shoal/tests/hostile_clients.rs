@@ -4,7 +4,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod support;
 
@@ -103,5 +103,59 @@ fn junk_methods_and_paths_do_not_grow_the_metrics() {
             "made-up methods counted as other"
         );
         assert!(metrics.contains(r#"route="unmatched""#));
+    }
+}
+
+/// 350 connections held open (every seventh stopping halfway through its headers) against
+/// `shoal kv --max-connections 50 --header-timeout 2s`: a new client is still answered at once,
+/// the process holds no more sockets than the cap, and every held connection is closed by
+/// the server once the header timeout has passed. (Held connections were never closed, and
+/// enough of them stopped the service from accepting at all.)
+#[test]
+fn held_connections_are_capped_and_closed_after_the_header_timeout() {
+    let kv = Service::start(
+        &["kv"],
+        &["--max-connections", "50", "--header-timeout", "2s"],
+    );
+    let pid = kv.child.id();
+    let mut held = Vec::new();
+    for i in 0..350 {
+        let mut stream = TcpStream::connect(kv.address()).expect("connect");
+        if i % 7 == 0 {
+            stream
+                .write_all(b"GET /get?key=a HTTP/1.1\r\nHost: x\r\n")
+                .expect("half the headers");
+        }
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = kv.raw(b"GET /get?key=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let took = started.elapsed();
+    println!("a new request with 350 connections held: answered in {took:?}");
+    assert_eq!(status, 404, "answered (no such key)");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    println!("sockets open in the service: {sockets}");
+    assert!(sockets <= 50 + 4, "{sockets} sockets open with a cap of 50");
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, stream) in held.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0_u8; 256];
+        match stream.read(&mut buf) {
+            // Closed (perhaps after a 408), or reset: either way the server let go.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("held connection {i} still open after the header timeout: {e}"),
+        }
     }
 }

@@ -79,6 +79,7 @@ pub async fn run(
     options.body_limit = usize::try_from(config.max_object_size).unwrap_or(usize::MAX);
     options.request_timeout = config.request_timeout;
     options.token = config.common.token.clone();
+    options.connections = config.common.connection_limits();
     options.readiness = Some(Arc::new(move || {
         let backend = Arc::clone(&backend);
         Box::pin(async move { backend.check().await.map_err(|e| format!("{e:#}")) })

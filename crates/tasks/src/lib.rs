@@ -75,6 +75,7 @@ pub async fn run(
     let mut options = ServerOptions::new("tasks");
     options.body_limit = 1 << 20;
     options.token = config.common.token.clone();
+    options.connections = config.common.connection_limits();
     options.readiness = Some(Arc::new(move || {
         let queue = queue.clone();
         Box::pin(async move {

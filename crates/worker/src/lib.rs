@@ -81,6 +81,7 @@ pub async fn run(
             let listener = server::bind(address).await?;
             let mut options = ServerOptions::new("worker");
             options.token = config.common.token.clone();
+            options.connections = config.common.connection_limits();
             let probe = upstream.clone();
             options.readiness = Some(Arc::new(move || {
                 let upstream = probe.clone();
