@@ -360,7 +360,7 @@ pub async fn measure(args: &NatsBenchArgs) -> anyhow::Result<NatsBenchReport> {
     {
         let stop = files_stop.clone();
         tokio::spawn(shoal_core::server::run(
-            fileserver::router(dir.path().to_path_buf(), 1 << 20),
+            fileserver::router(dir.path().to_path_buf(), 1 << 20, Duration::from_secs(30)),
             files_listener,
             async move { stop.cancelled().await },
             shoal_core::server::ServerOptions::new("nats-file-server"),

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::Client;
@@ -22,7 +23,7 @@ use clap::Args;
 use futures::StreamExt as _;
 use http_body_util::LengthLimitError;
 use shoal_core::ApiError;
-use shoal_core::config::{LogFormat, Token, parse_size};
+use shoal_core::config::{LogFormat, Token, parse_duration, parse_size};
 use shoal_core::server::{self, ServerOptions};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
@@ -68,6 +69,9 @@ pub struct FileServerConfig {
     /// Largest upload accepted (`64MiB`, `1GB`, bytes).
     #[arg(long, env = "SHOAL_NATS_FILE_SERVER_MAX_SIZE", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_size: u64,
+    /// An upload that sends nothing for this long is abandoned (408) and leaves nothing.
+    #[arg(long, env = "SHOAL_NATS_FILE_SERVER_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// When set, every route but /healthz requires `Authorization: Bearer <token>`.
     #[arg(
         long,
@@ -84,6 +88,7 @@ pub struct FileServerConfig {
 struct Files {
     dir: PathBuf,
     max_size: u64,
+    idle_timeout: Duration,
 }
 
 /// Whether `name` may name a file: 1 to [`MAX_NAME_LEN`] of `A-Z a-z 0-9 . _ -`, no leading
@@ -107,8 +112,12 @@ fn name_from(uri: &Uri) -> Result<String, ApiError> {
 }
 
 /// The routes, serving files in `dir`.
-pub fn router(dir: PathBuf, max_size: u64) -> Router {
-    let files = Arc::new(Files { dir, max_size });
+pub fn router(dir: PathBuf, max_size: u64, idle_timeout: Duration) -> Router {
+    let files = Arc::new(Files {
+        dir,
+        max_size,
+        idle_timeout,
+    });
     Router::new()
         .route(
             "/{name}",
@@ -169,7 +178,18 @@ async fn post_file(
         .with_context(|| format!("create {}", temp.display()))?;
     let mut body = request.into_body().into_data_stream();
     let mut total = 0u64;
-    while let Some(chunk) = body.next().await {
+    loop {
+        // A client that stops sending would otherwise hold the request (whose own timeout is
+        // long, for large files) and its temporary file.
+        let Ok(next) = tokio::time::timeout(files.idle_timeout, body.next()).await else {
+            return Err(ApiError::RequestTimeout(format!(
+                "no data for {}; the upload was abandoned.",
+                humantime::format_duration(files.idle_timeout)
+            )));
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(err) => {
@@ -288,10 +308,10 @@ pub async fn run(
     options.token = config.token.clone();
     options.body_limit = usize::try_from(config.max_size).unwrap_or(usize::MAX);
     // Large uploads on slow links must not hit the default request timeout.
-    options.request_timeout = std::time::Duration::from_secs(3600);
+    options.request_timeout = Duration::from_secs(3600);
     let served_stop = stop.clone();
     let result = server::run(
-        router(config.dir.clone(), config.max_size),
+        router(config.dir.clone(), config.max_size, config.idle_timeout),
         listener,
         async move { served_stop.cancelled().await },
         options,
@@ -308,7 +328,7 @@ pub async fn run(
 
 /// Asks `Discovery.FileServer` for the file server's URL (`http://HOST:PORT`, no trailing
 /// slash).
-pub async fn discover(client: &Client, timeout: std::time::Duration) -> anyhow::Result<String> {
+pub async fn discover(client: &Client, timeout: Duration) -> anyhow::Result<String> {
     let reply = connection::request(
         client,
         DISCOVERY_FILE_SERVER,

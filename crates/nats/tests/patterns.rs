@@ -126,6 +126,7 @@ async fn start_file_server(
         advertise,
         dir,
         max_size,
+        idle_timeout: Duration::from_secs(30),
         token: None,
         log_format: Default::default(),
     };

@@ -161,7 +161,13 @@ fn run_to_end(args: &[&str], limit: Duration) -> (i32, String, String) {
 
 /// `shoal nats file-server` on a free port, serving `dir`, once it listens.
 fn file_server(url: &str, dir: &std::path::Path) -> Proc {
-    let files = Proc::start(&[
+    let (files, _) = file_server_with(url, dir, &[]);
+    files
+}
+
+/// `shoal nats file-server … EXTRA…` once it listens, and the address it listens on.
+fn file_server_with(url: &str, dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
         "file-server",
         "--nats",
         url,
@@ -171,9 +177,11 @@ fn file_server(url: &str, dir: &std::path::Path) -> Proc {
         dir.to_str().expect("utf-8"),
         "--log-format",
         "json",
-    ]);
-    files.listening();
-    files
+    ];
+    args.extend_from_slice(extra);
+    let files = Proc::start(&args);
+    let address = files.listening();
+    (files, address)
 }
 
 async fn master_status(url: &str) -> serde_json::Value {
@@ -568,4 +576,44 @@ async fn a_worker_killed_mid_task_its_task_is_reset_and_done_by_another() {
     );
     assert_eq!(second.terminate(), 0);
     stop.cancel();
+}
+
+/// An upload that stops sending partway (a body of 1,000 bytes announced, 10 sent) is answered
+/// 408 after `--idle-timeout` and leaves no file, temporary or not. (It was held, unanswered,
+/// with its temporary file, for as long as the client kept the connection.)
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_and_leaves_nothing() {
+    let server = nats_or_skip!();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files_dir = dir.path().join("files");
+    let (_files, address) = file_server_with(&url, &files_dir, &["--idle-timeout", "1s"]);
+
+    let started = Instant::now();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(
+                b"POST /stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+            )
+            .expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("Error: no data for 1s"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let left: Vec<_> = std::fs::read_dir(&files_dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
