@@ -88,6 +88,12 @@ pub struct Config {
     )]
     pub cluster_key: Option<ClusterKey>,
 
+    /// Run without --cluster-key on a cluster address other hosts can reach. Without a key,
+    /// one forged datagram can join the cluster, change the value and make every node send
+    /// requests to addresses of its choosing; only for a network nobody else is on.
+    #[arg(long, env = "SHOAL_GOSSIP_INSECURE")]
+    pub insecure: bool,
+
     /// SWIM probe period.
     #[arg(long, env = "SHOAL_GOSSIP_PROBE_PERIOD", value_parser = parse_duration, default_value = "1s")]
     pub probe_period: Duration,

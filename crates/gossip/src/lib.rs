@@ -55,10 +55,19 @@ pub async fn run(
     if options.cluster_key.is_none()
         && (!resolved.bind.ip().is_loopback() || advertise.is_some_and(|a| !a.ip().is_loopback()))
     {
+        if !config.insecure {
+            anyhow::bail!(
+                "the cluster address {} is reachable from the network and no --cluster-key is \
+                 set: anyone who can reach it could join the cluster and change the value. Set \
+                 --cluster-key (the same on every node), or --insecure on a network nobody \
+                 else is on",
+                resolved.bind
+            );
+        }
         tracing::warn!(
             bind = %resolved.bind,
-            "the cluster address is reachable from the network and no --cluster-key is set: \
-             anyone who can reach it can join the cluster and change the value"
+            "the cluster address is reachable from the network and no --cluster-key is set \
+             (--insecure): anyone who can reach it can join the cluster and change the value"
         );
     }
     let node = Node::start(options, socket, listener).await?;

@@ -219,11 +219,35 @@ async fn a_failed_join_starts_a_new_cluster_and_says_so() {
 }
 
 #[tokio::test]
-async fn a_network_bind_without_a_cluster_key_is_warned_about() {
+async fn a_network_bind_without_a_cluster_key_is_refused_unless_insecure() {
     let port = free_udp_port();
     let bind = format!("0.0.0.0:{port}");
     let advertise = format!("127.0.0.1:{port}");
-    let open = GossipProcess::start(&["--advertise", &advertise, "--bind", &bind], &[]);
+    // Refused: one forged datagram could otherwise join and steer the cluster.
+    let output = Command::new(BIN)
+        .args([
+            "gossip",
+            "--listen",
+            "127.0.0.1:0",
+            "--advertise",
+            &advertise,
+            "--bind",
+            &bind,
+        ])
+        .env_remove("ADVERTISE_ADDR")
+        .env_remove("CLUSTER_ADDR")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no --cluster-key is set") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    let open = GossipProcess::start(
+        &["--advertise", &advertise, "--bind", &bind, "--insecure"],
+        &[],
+    );
     assert!(open.logged("no --cluster-key is set"));
     drop(open);
     let port = free_udp_port();
