@@ -1,9 +1,9 @@
 //! What a hostile client can make a service hold, replayed against the real binary: every such
 //! resource stays bounded.
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
@@ -156,6 +156,58 @@ fn held_connections_are_capped_and_closed_after_the_header_timeout() {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("held connection {i} still open after the header timeout: {e}"),
+        }
+    }
+}
+
+/// A service whose stderr is a pipe nobody reads any more (`shoal worker … 2>&1 | head -2`)
+/// still stops at SIGTERM: a failed log write never stands in the way of shutdown.
+#[test]
+fn sigterm_stops_a_service_whose_stderr_was_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    for args in [
+        &[
+            "worker",
+            "--master",
+            "127.0.0.1:1",
+            "--storage",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+        ][..],
+        &["kv", "--listen", "127.0.0.1:0", "--data-dir", data],
+    ] {
+        let mut child = Command::new(support::BIN)
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        for _ in 0..2 {
+            let _ = lines.next();
+        }
+        // The reader goes away, as `head -2` does; the service goes on logging into the pipe.
+        drop(lines);
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "shoal {} still running 10 s after SIGTERM",
+                args[0]
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
