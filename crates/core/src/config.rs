@@ -39,8 +39,9 @@ pub struct CommonArgs {
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Connections the HTTP server keeps open at once [default: 4096]. At the limit the
-    /// longest-idle ones are closed to make room; when none is idle, new ones are refused.
+    /// Connections the HTTP server keeps open at once [default: 4096, or three quarters of
+    /// the open-files limit when that is lower]. At the limit the longest-idle ones are
+    /// closed to make room; when none is idle, new ones are refused.
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
 

@@ -35,12 +35,30 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
+    /// 4096 connections, or fewer where the process may open fewer files (see
+    /// [`default_max_connections`]); 30 s for headers.
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: default_max_connections(
+                std::fs::read_to_string("/proc/self/limits").ok().as_deref(),
+            ),
             header_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// The default cap: 4096, or three quarters of the soft limit on open files when that is
+/// lower (from `/proc/self/limits`), so the cap is reached before the process runs out of
+/// descriptors and the rest stay free for its database, files and outgoing connections.
+fn default_max_connections(limits: Option<&str>) -> usize {
+    const CAP: usize = 4096;
+    let soft = limits.and_then(|text| {
+        text.lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|value| value.parse::<usize>().ok())
+    });
+    soft.map_or(CAP, |n| (n / 4 * 3).clamp(16, CAP))
 }
 
 /// One open connection, as the accept loop sees it.
@@ -269,4 +287,25 @@ fn is_connection_error(err: &std::io::Error) -> bool {
         err.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_max_connections;
+
+    #[test]
+    fn the_default_cap_leaves_room_under_the_open_files_limit() {
+        let limits = |soft: &str| {
+            format!(
+                "Limit                     Soft Limit           Hard Limit           Units\n\
+                 Max cpu time              unlimited            unlimited            seconds\n\
+                 Max open files            {soft:<20} 1048576              files\n"
+            )
+        };
+        assert_eq!(default_max_connections(Some(&limits("1024"))), 768);
+        assert_eq!(default_max_connections(Some(&limits("1048576"))), 4096);
+        assert_eq!(default_max_connections(Some(&limits("unlimited"))), 4096);
+        assert_eq!(default_max_connections(Some(&limits("8"))), 16);
+        assert_eq!(default_max_connections(None), 4096);
+    }
 }
