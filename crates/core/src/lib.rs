@@ -21,6 +21,7 @@
 //! - [`discovery`]: registering in and resolving through the k/v store.
 //! - [`testkit`]: start any service on `127.0.0.1:0` in a test.
 
+pub mod address_policy;
 pub mod backoff;
 pub mod client;
 pub mod config;

@@ -33,6 +33,7 @@ use foca::{Foca, PostcardCodec, Timer};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom as _;
 use serde::Serialize;
+use shoal_core::address_policy::Policy;
 use shoal_core::client::{ClientOptions, HttpClient};
 use shoal_core::config::Token;
 use shoal_core::server::{self, ServerOptions};
@@ -931,13 +932,24 @@ async fn anti_entropy(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// The `/notify` URL of a member, if its HTTP address may be reached. A member's addresses
+/// come from the cluster's datagrams, which without a key anyone can forge: an address in
+/// the blocklist of the address policy (cloud metadata, link-local, …) is never called.
+fn notify_url(member: &NodeId, version: &Versioned) -> anyhow::Result<String> {
+    if let Err(refused) = Policy::default().check(member.http.ip()) {
+        metrics::counter!("shoal_gossip_members_refused_total").increment(1);
+        anyhow::bail!("not calling member {}: {refused}", member.name);
+    }
+    Ok(format!(
+        "http://{}/notify/{}/{}",
+        member.http, version.value, version.generation
+    ))
+}
+
 /// One `/notify` call, signed when the cluster has a key; a non-2xx answer is an error.
 async fn notify(shared: &Shared, member: &NodeId, version: &Versioned) -> anyhow::Result<()> {
     let name = shared.name();
-    let url = format!(
-        "http://{}/notify/{}/{}",
-        member.http, version.value, version.generation
-    );
+    let url = notify_url(member, version)?;
     let mut request = shared
         .client
         .post(&url)
@@ -1011,6 +1023,50 @@ async fn debug_log(shared: Arc<Shared>, stop: CancellationToken) {
                 .map(|m| format!("{}@{}", m.name, m.swim))
                 .collect();
             tracing::debug!(?members, state = %shared.register.get(), "members and state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(http: &str) -> NodeId {
+        NodeId {
+            name: "forged".to_owned(),
+            swim: "127.0.0.1:7946".parse().expect("addr"),
+            http: http.parse().expect("addr"),
+            bump: 0,
+        }
+    }
+
+    /// A member announced with a metadata or link-local HTTP address (one forged datagram
+    /// does it without a cluster key) is never called; loopback and private ones are.
+    #[test]
+    fn members_are_called_only_at_addresses_the_policy_allows() {
+        let version = Versioned {
+            value: 7,
+            generation: 1,
+            origin: Arc::from("a"),
+        };
+        for refused in [
+            "169.254.169.254:80",
+            "[fe80::1]:80",
+            "[::ffff:169.254.169.254]:80",
+            "[2002:a9fe:a9fe::]:80",
+            "0.0.0.0:80",
+        ] {
+            let err = notify_url(&member(refused), &version).expect_err(refused);
+            assert!(
+                err.to_string().contains("not calling member forged"),
+                "{err}"
+            );
+        }
+        for allowed in ["127.0.0.1:8081", "10.0.0.2:8081", "[::1]:8081"] {
+            assert_eq!(
+                notify_url(&member(allowed), &version).expect(allowed),
+                format!("http://{allowed}/notify/7/1")
+            );
         }
     }
 }
